@@ -1,0 +1,1 @@
+"""telugu-jax: a JAX/Flax system for Telugu speech-to-speech AI."""

@@ -1,0 +1,1 @@
+"""PyTorch state dict <-> Flax pytree conversion."""

@@ -1,0 +1,1 @@
+"""Flax linen modules: no training logic lives here."""

@@ -1,0 +1,1 @@
+"""Trainers, sharding and checkpointing."""

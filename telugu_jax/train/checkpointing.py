@@ -1,0 +1,95 @@
+"""Orbax checkpoints shared by the converter, the trainers and inference.
+
+A checkpoint directory is an Orbax `CheckpointManager` root: one sub-directory per step, each with
+the items "state" (an arbitrary pytree of arrays) and "meta" (a JSON dict naming the task, the
+model configuration and anything else needed to rebuild the state). Orbax writes each step to a
+temporary directory and renames it when complete, so a step is never half-written.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+STATE = "state"
+META = "meta"
+
+
+def _manager(directory: str, max_to_keep: int | None = None) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.abspath(directory),
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+      item_names=(STATE, META),
+  )
+
+
+def latest_step(directory: str) -> int | None:
+  """Returns the newest complete step in `directory`, or None if it holds none."""
+  if not os.path.isdir(directory):
+    return None
+  with _manager(directory) as manager:
+    return manager.latest_step()
+
+
+def save(directory: str, step: int, state: Any, meta: dict[str, Any]) -> None:
+  """Writes `state` and `meta` as step `step` of `directory` and waits until it is on disk."""
+  with _manager(directory) as manager:
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
+        ),
+    )
+    manager.wait_until_finished()
+
+
+def _resolve_step(manager: ocp.CheckpointManager, directory: str, step: int | None) -> int:
+  step = manager.latest_step() if step is None else step
+  if step is None or step not in manager.all_steps():
+    raise FileNotFoundError(
+        f"{directory}: no checkpoint"
+        + ("" if step is None else f" at step {step} (steps present: {manager.all_steps()})")
+    )
+  return step
+
+
+def read_meta(directory: str, step: int | None = None) -> dict[str, Any]:
+  """Returns the JSON metadata of a step (the latest by default)."""
+  with _manager(directory) as manager:
+    step = _resolve_step(manager, directory, step)
+    return manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+
+
+def restore(
+    directory: str, step: int | None = None, abstract_state: Any = None
+) -> tuple[Any, dict[str, Any]]:
+  """Restores `(state, meta)` of a step (the latest by default).
+
+  Args:
+    directory: the checkpoint root.
+    step: which step; None for the latest.
+    abstract_state: optional pytree of `jax.ShapeDtypeStruct` (with shardings) giving the
+      structure, dtypes and placement to restore into. Without it arrays come back as they were
+      saved, on the default device, with containers as plain dicts and lists.
+  """
+  with _manager(directory) as manager:
+    step = _resolve_step(manager, directory, step)
+    state_args = (
+        ocp.args.StandardRestore() if abstract_state is None
+        else ocp.args.StandardRestore(abstract_state)
+    )
+    restored = manager.restore(
+        step, args=ocp.args.Composite(**{STATE: state_args, META: ocp.args.JsonRestore()})
+    )
+    return restored[STATE], restored[META]
+
+
+def abstract_like(tree: Any) -> Any:
+  """A pytree of `jax.ShapeDtypeStruct` matching `tree` (arrays keep their sharding)."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+      tree,
+  )

@@ -1,0 +1,28 @@
+"""Shared test setup: CPU JAX, the PyTorch reference importable, small thread counts."""
+
+import os
+import sys
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(__file__))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def relative_error(actual, expected) -> float:
+  """max |actual - expected| / max |expected|: one number per tensor, scale-free."""
+  actual, expected = np.asarray(actual), np.asarray(expected)
+  dtype = np.complex128 if np.iscomplexobj(actual) or np.iscomplexobj(expected) else np.float64
+  actual, expected = actual.astype(dtype), expected.astype(dtype)
+  assert actual.shape == expected.shape, (actual.shape, expected.shape)
+  return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-30))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads():
+  try:
+    import torch
+  except ImportError:
+    return
+  torch.set_num_threads(max(1, os.cpu_count() or 1))

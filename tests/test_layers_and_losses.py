@@ -1,0 +1,127 @@
+"""Building blocks and losses against PyTorch, librosa and hand-computed values."""
+
+import jax
+import jax.numpy as jnp
+import librosa
+import numpy as np
+import pytest
+import torch
+from conftest import relative_error
+
+from telugu_jax import losses
+from telugu_jax.models import codec as codec_lib
+from telugu_jax.models import layers
+
+
+@pytest.mark.parametrize("n_fft", [512, 2048])
+def test_stft_matches_torch(n_fft):
+  x = np.random.default_rng(0).standard_normal((2, 5000)).astype(np.float32)
+  expected = torch.stft(torch.from_numpy(x), n_fft, n_fft // 4, window=torch.hann_window(n_fft),
+                        center=True, pad_mode="reflect", return_complex=True).numpy()
+  actual = np.asarray(layers.stft(jnp.asarray(x), n_fft, n_fft // 4))
+  assert actual.shape == expected.transpose(0, 2, 1).shape
+  assert relative_error(actual, expected.transpose(0, 2, 1)) < 1e-5
+
+
+def test_snake_has_no_epsilon_and_matches_formula():
+  x = jnp.linspace(-3, 3, 12).reshape(1, 4, 3)
+  alpha = jnp.array([0.5, 1.0, 2.0])
+  y = layers.Snake().apply({"params": {"alpha": alpha}}, x)
+  np.testing.assert_allclose(y, x + np.sin(alpha * x) ** 2 / alpha, rtol=1e-6)
+
+
+def test_transposed_conv_matches_torch_lengths_and_values():
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((2, 7, 3)).astype(np.float32)  # [B, T, C]
+  for kernel, stride, padding in [(10, 5, 2), (4, 2, 1)]:
+    conv = torch.nn.ConvTranspose1d(3, 5, kernel, stride, padding)
+    expected = conv(torch.from_numpy(x.transpose(0, 2, 1))).detach().numpy().transpose(0, 2, 1)
+    params = {"weight": conv.weight.detach().numpy(), "bias": conv.bias.detach().numpy()}
+    actual = layers.ConvTranspose1d(5, kernel, stride, padding).apply({"params": params}, x)
+    assert actual.shape == expected.shape == (2, (7 - 1) * stride - 2 * padding + kernel, 5)
+    assert relative_error(actual, expected) < 1e-5
+
+
+def test_weight_norm_initialises_g_to_the_norm_of_v():
+  conv = layers.Conv1d(6, 3, weight_norm=True)
+  params = conv.init(jax.random.key(0), jnp.zeros((1, 10, 4)))["params"]
+  assert params["weight_g"].shape == (6, 1, 1) and params["weight_v"].shape == (6, 4, 3)
+  np.testing.assert_allclose(layers.weight_norm(params["weight_g"], params["weight_v"]),
+                             params["weight_v"], rtol=1e-6)
+
+
+def test_lengths_follow_the_original_formulas():
+  assert codec_lib.num_frames(16000) == 199
+  assert codec_lib.num_frames(19200) == 239
+  assert codec_lib.num_samples(239) == 19136
+  assert codec_lib.num_samples(199) == 15936
+  model = codec_lib.Codec(encoder_channels=(2, 2, 2, 2, 2), decoder_channels=(2,) * 6,
+                          hidden_dim=4, codebook_size=4)
+  audio = jnp.zeros((1, 19200))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), audio))
+  codes = jax.eval_shape(lambda v: model.apply(v, audio, method=model.encode), variables)
+  assert codes.shape == (1, 8, 239)
+  decoded = jax.eval_shape(lambda v, c: model.apply(v, c, method=model.decode), variables, codes)
+  assert decoded.shape == (1, 19136)
+
+
+def test_ema_update_by_hand():
+  cluster = jnp.array([1.0, 0.0])
+  ema_w = jnp.array([[1.0, 1.0], [0.0, 2.0]])
+  residual = jnp.array([[3.0, 1.0], [5.0, 1.0], [2.0, 2.0]])
+  codes = jnp.array([0, 0, 1])
+  new_cluster, new_w, codebook = codec_lib.ema_update(cluster, ema_w, residual, codes)
+  np.testing.assert_allclose(new_cluster, [0.99 + 0.02, 0.01], rtol=1e-6)
+  np.testing.assert_allclose(new_w, [[0.99 + 0.08, 0.99 + 0.02], [0.02, 1.98 + 0.02]], rtol=1e-6)
+  n = 1.02
+  size = (np.array([1.01, 0.01]) + 1e-5) / (n + 2e-5) * n
+  np.testing.assert_allclose(codebook, np.asarray(new_w) / size[:, None], rtol=1e-5)
+
+
+def test_hinge_losses_by_hand():
+  real = [jnp.array([[2.0, 0.5]]), jnp.array([[-1.0]])]
+  fake = [jnp.array([[-2.0, 0.0]]), jnp.array([[1.0]])]
+  real_term, fake_term = losses.discriminator_hinge(real, fake)
+  # relu(1 - real): [0, 0.5] → 0.25 and [2] → 2; mean over 2 discriminators.
+  assert float(real_term) == pytest.approx((0.25 + 2.0) / 2)
+  # relu(1 + fake): [0, 1] → 0.5 and [2] → 2.
+  assert float(fake_term) == pytest.approx((0.5 + 2.0) / 2)
+  # relu(1 - fake): [3, 1] → 2 and [0] → 0.
+  assert float(losses.generator_adversarial(fake)) == pytest.approx(1.0)
+
+
+def test_feature_matching_averages_over_pairs_not_elements():
+  real = [[jnp.zeros((1, 4)), jnp.zeros((1, 2))]]
+  fake = [[jnp.ones((1, 4)), 3 * jnp.ones((1, 2))]]
+  assert float(losses.feature_matching(real, fake)) == pytest.approx((1.0 + 3.0) / 2)
+
+
+def test_vq_loss_value_and_gradient_split():
+  residual = jnp.array([[[1.0, 2.0]]])  # [n_q=1, N=1, D=2]
+  codeword = jnp.array([[[0.0, 0.0]]])
+  assert float(losses.vq_loss(residual, codeword)) == pytest.approx(1.25 * 2.5)
+  g_res, g_code = jax.grad(losses.vq_loss, argnums=(0, 1))(residual, codeword)
+  # Commitment (0.25 * mean sq) reaches the residual; the codebook term reaches the codeword.
+  np.testing.assert_allclose(g_res, 0.25 * residual, rtol=1e-6)
+  np.testing.assert_allclose(g_code, -residual, rtol=1e-6)
+
+
+def test_multiscale_mel_matches_librosa():
+  rng = np.random.default_rng(2)
+  x, y = (0.3 * rng.standard_normal((1, 8000))).astype(np.float32), np.zeros((1, 8000), np.float32)
+  y[:] = np.sin(np.arange(8000) * 0.05) * 0.3
+  n_ffts, n_mels = (1024, 256), (80, 32)
+  expected = []
+  for n_fft, mels in zip(n_ffts, n_mels):
+    log_mel = lambda s: np.log10(np.maximum(librosa.feature.melspectrogram(
+        y=s[0], sr=16000, n_fft=n_fft, hop_length=n_fft // 4, n_mels=mels, power=1.0,
+        center=True, pad_mode="reflect"), 1e-5))
+    expected.append(np.mean(np.abs(log_mel(x) - log_mel(y))))
+  actual = losses.multiscale_mel(jnp.asarray(x), jnp.asarray(y), n_ffts=n_ffts, n_mels=n_mels)
+  assert float(actual) == pytest.approx(np.mean(expected), rel=1e-4)
+  assert float(losses.multiscale_mel(jnp.asarray(x), jnp.asarray(x))) == 0.0
+
+
+def test_generator_losses_rejects_unknown_weights():
+  with pytest.raises(ValueError, match="generator loss weights"):
+    losses.generator_losses(None, {}, ([], [[]]), ([], [[]]), {"adversarial": 1.0, "l2": 1.0})
