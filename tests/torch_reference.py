@@ -252,3 +252,42 @@ def generator_loss(codec_out, audio, disc, weights=(1.0, 10.0, 0.1, 1.0)):
   total = weights[0] * adv + weights[1] * fm + weights[2] * l1 + weights[3] * codec_out["vq_loss"]
   return total, {"adversarial": adv, "feature_matching": fm, "l1": l1,
                  "vq": codec_out["vq_loss"]}
+
+
+def make_optimizers(codec, disc, num_epochs=100):
+  """The original's two AdamW optimizers and their per-epoch cosine schedulers."""
+  opts = [torch.optim.AdamW(m.parameters(), lr=1e-4, betas=(0.5, 0.9), eps=1e-8,
+                            weight_decay=0.01) for m in (codec, disc)]
+  scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=num_epochs) for o in opts]
+  return opts, scheds
+
+
+def train_step(codec, disc, gen_opt, disc_opt, audio):
+  """One batch of the original trainer (float32, no GradScaler): returns (gen_loss, disc_loss)."""
+  codec.eval()
+  with torch.no_grad():
+    fake = codec(audio)["audio"]
+  disc_opt.zero_grad()
+  disc_loss = discriminator_loss(disc(audio)[0], disc(fake)[0])[0]
+  disc_loss.backward()
+  torch.nn.utils.clip_grad_norm_(disc.parameters(), 1.0)
+  disc_opt.step()
+
+  codec.train()
+  gen_opt.zero_grad()
+  gen_loss, _ = generator_loss(codec(audio), audio, disc)
+  gen_loss.backward()
+  torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
+  gen_opt.step()
+  return float(gen_loss.detach()), float(disc_loss.detach())
+
+
+def save_original_checkpoint(path, epoch, codec, disc, gen_opt, disc_opt, snr=None):
+  """`torch.save` in the original trainer's format."""
+  checkpoint = {"epoch": epoch, "codec_state_dict": codec.state_dict(),
+                "discriminator_state_dict": disc.state_dict(),
+                "gen_optimizer_state_dict": gen_opt.state_dict(),
+                "disc_optimizer_state_dict": disc_opt.state_dict()}
+  if snr is not None:
+    checkpoint["snr"] = snr
+  torch.save(checkpoint, path)

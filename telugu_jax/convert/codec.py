@@ -95,7 +95,8 @@ def from_torch(state_dict: Mapping[str, Any], abstract_variables: Mapping[str, A
       raise CheckpointMismatchError(
           f"key {key!r} has shape {tuple(value.shape)}, the model expects "
           f"{tuple(expected[path].shape)}")
-    converted[path] = value.astype(dtype) if np.issubdtype(value.dtype, np.floating) else value
+    converted[path] = (value.astype(dtype, copy=False) if np.issubdtype(value.dtype, np.floating)
+                       else value)
   missing = [path for path in expected if path not in converted]
   if missing:
     raise CheckpointMismatchError(

@@ -50,53 +50,91 @@ def num_samples(num_frames: int, strides: Sequence[int] = DEFAULT_STRIDES) -> in
   return num_frames
 
 
+class _Valid:
+  """Which time steps of a padded batch are real: zeroes the rest after every layer.
+
+  With `lengths=None` nothing is masked (the training path). Otherwise each layer's output is
+  zeroed past its valid length and the GroupNorm statistics skip those steps, so a padded input
+  computes exactly what the unpadded one would: symmetric-padding convs see zeros past the end in
+  both cases.
+  """
+
+  def __init__(self, lengths: jax.Array | None):
+    self.lengths = lengths
+
+  def after(self, x: jax.Array, kernel: int = 1, stride: int = 1, padding: int = 0,
+            transposed: bool = False) -> tuple[jax.Array, "_Valid"]:
+    if self.lengths is None:
+      return x, self
+    if transposed:
+      lengths = (self.lengths - 1) * stride - 2 * padding + kernel
+    else:
+      lengths = (self.lengths + 2 * padding - kernel) // stride + 1
+    valid = _Valid(lengths)
+    return x * valid.mask(x)[..., None], valid
+
+  def mask(self, x: jax.Array) -> jax.Array | None:
+    if self.lengths is None:
+      return None
+    return jnp.arange(x.shape[1])[None, :] < self.lengths[:, None]  # [B, T]
+
+
 class ResidualBlock(nn.Module):
   """GroupNorm → Snake → causal conv(3) → GroupNorm → Snake → conv(1) → + input."""
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, valid: _Valid) -> jax.Array:
     channels = x.shape[-1]
-    h = Snake(name="snake1")(group_norm("norm1")(x))
+    mask = valid.mask(x)
+    mask = None if mask is None else jnp.broadcast_to(mask[..., None], x.shape)
+    h = Snake(name="snake1")(group_norm("norm1")(x, mask=mask))
     h = CausalConv1d(channels, 3, name="conv1")(h)
-    h = Snake(name="snake2")(group_norm("norm2")(h))
+    h = Snake(name="snake2")(group_norm("norm2")(h, mask=mask))
     h = Conv1d(channels, 1, name="conv2")(h)
-    return x + h
+    return valid.after(x + h)[0]
 
 
 class Encoder(nn.Module):
-  """`[B, T, 1]` audio → `[B, frames, hidden_dim]` latent."""
+  """`[B, T, 1]` audio → `[B, frames, hidden_dim]` latent (see `_Valid` for `lengths`)."""
 
   channels: Sequence[int] = (32, 64, 128, 256, 512)
   strides: Sequence[int] = DEFAULT_STRIDES
   hidden_dim: int = 1024
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = Conv1d(self.channels[0], 7, padding=3, weight_norm=True, name="proj")(x)
+  def __call__(self, x: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+    x, valid = _Valid(lengths).after(
+        Conv1d(self.channels[0], 7, padding=3, weight_norm=True, name="proj")(x), 7, 1, 3)
     out_channels = list(self.channels[1:]) + [self.hidden_dim]
     for i, (stride, out) in enumerate(zip(self.strides, out_channels)):
       kernel, padding = _down_layout(stride)
-      x = Conv1d(out, kernel, stride, padding, weight_norm=True, name=f"encoder_{2 * i}")(x)
+      x, valid = valid.after(
+          Conv1d(out, kernel, stride, padding, weight_norm=True, name=f"encoder_{2 * i}")(x),
+          kernel, stride, padding)
       if i < len(self.strides) - 1:
-        x = ResidualBlock(name=f"encoder_{2 * i + 1}")(x)
+        x = ResidualBlock(name=f"encoder_{2 * i + 1}")(x, valid)
     return x
 
 
 class Decoder(nn.Module):
-  """`[B, frames, hidden_dim]` → `[B, T', 1]` audio in (-1, 1)."""
+  """`[B, frames, hidden_dim]` → `[B, T', 1]` audio in (-1, 1) (see `_Valid` for `lengths`)."""
 
   channels: Sequence[int] = (512, 256, 128, 64, 32, 32)
   strides: Sequence[int] = (5, 2, 2, 2, 2)
 
   @nn.compact
-  def __call__(self, z: jax.Array) -> jax.Array:
-    x = Conv1d(self.channels[0], 7, padding=3, weight_norm=True, name="proj")(z)
+  def __call__(self, z: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+    valid = _Valid(lengths)
+    z = valid.after(z)[0]
+    x, valid = valid.after(
+        Conv1d(self.channels[0], 7, padding=3, weight_norm=True, name="proj")(z), 7, 1, 3)
     for i, (stride, out) in enumerate(zip(self.strides, self.channels[1:])):
       kernel, padding = _down_layout(stride)
-      x = ConvTranspose1d(out, kernel, stride, padding, weight_norm=True,
-                          name=f"decoder_{2 * i}")(x)
+      x, valid = valid.after(
+          ConvTranspose1d(out, kernel, stride, padding, weight_norm=True,
+                          name=f"decoder_{2 * i}")(x), kernel, stride, padding, transposed=True)
       if i < len(self.strides) - 1:
-        x = ResidualBlock(name=f"decoder_{2 * i + 1}")(x)
+        x = ResidualBlock(name=f"decoder_{2 * i + 1}")(x, valid)
     return jnp.tanh(Conv1d(1, 7, padding=3, name="final_conv")(x))
 
 
@@ -227,10 +265,17 @@ class Codec(nn.Module):
         recon, ((0, 0), (0, length - recon.shape[1])))
     return {**out, "latent": latent, "audio": recon}
 
-  def encode(self, audio: jax.Array) -> jax.Array:
-    """`[B, T]` audio → int32 codes `[B, n_q, frames]`."""
-    return self.quantizer(self.encoder(audio[..., None]))["codes"]
+  def encode(self, audio: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+    """`[B, T]` audio → int32 codes `[B, n_q, frames]`.
 
-  def decode(self, codes: jax.Array) -> jax.Array:
-    """int codes `[B, n_q, frames]` → audio `[B, T']` (untrimmed decoder output)."""
-    return self.decoder(self.quantizer.lookup(codes))[..., 0]
+    `lengths` (`[B]` sample counts) marks zero-padding at the end of each row: the valid codes
+    (the first `num_frames(length)`) are then those of the unpadded audio.
+    """
+    return self.quantizer(self.encoder(audio[..., None], lengths))["codes"]
+
+  def decode(self, codes: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+    """int codes `[B, n_q, frames]` → audio `[B, T']` (untrimmed decoder output).
+
+    `lengths` (`[B]` frame counts) marks padding frames, as for `encode`.
+    """
+    return self.decoder(self.quantizer.lookup(codes), lengths)[..., 0]

@@ -87,9 +87,39 @@ def restore(
     return restored[STATE], restored[META]
 
 
+def restore_subtree(directory: str, abstract_subtree: Any, step: int | None = None) -> Any:
+  """Restores only the parts of the state named by `abstract_subtree` (e.g. `{"gen": ...}`).
+
+  Reads nothing else from disk: loading a codec for inference skips the optimizer moments.
+  """
+  with _manager(directory) as manager:
+    step = _resolve_step(manager, directory, step)
+    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_subtree)
+    args = ocp.args.PyTreeRestore(item=abstract_subtree, restore_args=restore_args,
+                                  partial_restore=True)
+    return manager.restore(step, args=ocp.args.Composite(**{STATE: args}))[STATE]
+
+
 def abstract_like(tree: Any) -> Any:
   """A pytree of `jax.ShapeDtypeStruct` matching `tree` (arrays keep their sharding)."""
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
       tree,
   )
+
+
+WORKDIR_CHECKPOINTS = "checkpoints"
+
+
+def resolve(path: str) -> str:
+  """The checkpoint root for `path`: itself, or a training workdir's `checkpoints/`.
+
+  Raises:
+    FileNotFoundError: naming the path, when neither holds a complete checkpoint.
+  """
+  for candidate in (path, os.path.join(path, WORKDIR_CHECKPOINTS)):
+    if latest_step(candidate) is not None:
+      return candidate
+  raise FileNotFoundError(
+      f"{path}: no checkpoint here or in {os.path.join(path, WORKDIR_CHECKPOINTS)} "
+      "(expected a converted checkpoint or a training workdir)")

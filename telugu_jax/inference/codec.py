@@ -1,0 +1,162 @@
+"""Loading a codec or discriminator checkpoint for inference: numpy in, numpy out.
+
+    from telugu_jax import inference
+    codec = inference.load_codec("converted/")   # a converted checkpoint or a training workdir
+    codes = codec.encode(wave)                   # float32 [B, T] at 16 kHz -> int32 [B, 8, frames]
+    wave = codec.decode(codes)                   # -> float32 [B, T']
+    recon = codec.reconstruct(wave)              # eval-mode forward, trimmed/padded to T
+
+Inputs are zero-padded up to a length bucket (1, 1.5, 2, 3, 4, 6, 8, ... seconds) and the
+padding is masked inside the model, so each bucket compiles once and the results equal those of
+the unpadded input.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from telugu_jax.models import codec as codec_lib
+from telugu_jax.models.codec import Codec
+from telugu_jax.models.discriminators import Discriminator
+from telugu_jax.train import checkpointing
+
+SAMPLE_RATE = 16000
+
+
+def bucket_length(length: int, unit: int) -> int:
+  """The smallest of `unit * (1, 1.5, 2, 3, 4, 6, 8, 12, ...)` that holds `length`."""
+  k = 0
+  while True:
+    for size in (unit << k, (3 * unit << k) // 2):
+      if size >= length:
+        return size
+    k += 1
+
+
+def _as_batch(wave: np.ndarray) -> np.ndarray:
+  wave = np.asarray(wave, np.float32)
+  if wave.ndim == 3 and wave.shape[1] == 1:
+    wave = wave[:, 0]
+  if wave.ndim == 1:
+    wave = wave[None]
+  if wave.ndim != 2:
+    raise ValueError(f"expected audio of shape [B, T] or [B, 1, T], got {wave.shape}")
+  return wave
+
+
+def config_hash(codec_kwargs: dict[str, Any]) -> str:
+  """A short, stable hash of a codec architecture (stored in code files, checked on decode)."""
+  canonical = json.dumps({k: list(v) if isinstance(v, tuple) else v
+                          for k, v in sorted(codec_kwargs.items())}, sort_keys=True)
+  return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class CodecModel:
+  """A loaded codec. See the module docstring for the methods."""
+
+  sample_rate = SAMPLE_RATE
+
+  def __init__(self, codec_kwargs: dict[str, Any], variables: dict[str, Any],
+               bucket_seconds: float = 1.0):
+    self.codec_kwargs = dict(codec_kwargs)
+    self.model = Codec(**codec_kwargs)
+    self.variables = jax.device_put(variables)
+    self.num_quantizers = self.model.num_quantizers
+    self.codebook_size = self.model.codebook_size
+    self.config_hash = config_hash(self.codec_kwargs)
+    self._strides = tuple(self.model.strides)
+    self._sample_bucket = max(1, int(bucket_seconds * SAMPLE_RATE))
+    self._frame_bucket = max(1, self.num_frames(self._sample_bucket))
+    self._encode = jax.jit(functools.partial(self.model.apply, method=Codec.encode))
+    self._decode = jax.jit(functools.partial(self.model.apply, method=Codec.decode))
+
+  def num_frames(self, num_samples: int) -> int:
+    return codec_lib.num_frames(num_samples, self._strides)
+
+  def num_samples(self, num_frames: int) -> int:
+    return codec_lib.num_samples(num_frames, self._strides)
+
+  def encode(self, wave: np.ndarray) -> np.ndarray:
+    """float32 `[B, T]` (or `[B, 1, T]`, or `[T]`) at 16 kHz → int32 codes `[B, n_q, frames]`."""
+    wave = _as_batch(wave)
+    length = wave.shape[1]
+    padded = np.pad(wave, ((0, 0), (0, bucket_length(length, self._sample_bucket) - length)))
+    lengths = np.full((wave.shape[0],), length, np.int32)
+    codes = self._encode(self.variables, padded, lengths)
+    return np.asarray(codes[:, :, : self.num_frames(length)])
+
+  def decode(self, codes: np.ndarray) -> np.ndarray:
+    """int codes `[B, n_q, frames]` → float32 audio `[B, num_samples(frames)]`."""
+    codes = np.asarray(codes)
+    if codes.ndim == 2:
+      codes = codes[None]
+    if codes.ndim != 3 or codes.shape[1] != self.num_quantizers:
+      raise ValueError(f"expected codes of shape [B, {self.num_quantizers}, frames], "
+                       f"got {codes.shape}")
+    if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
+      raise ValueError(f"codes must lie in [0, {self.codebook_size}), "
+                       f"got [{codes.min()}, {codes.max()}]")
+    frames = codes.shape[2]
+    padded = np.pad(codes.astype(np.int32),
+                    ((0, 0), (0, 0), (0, bucket_length(frames, self._frame_bucket) - frames)))
+    lengths = np.full((codes.shape[0],), frames, np.int32)
+    wave = self._decode(self.variables, padded, lengths)
+    return np.asarray(wave[:, : self.num_samples(frames)])
+
+  def reconstruct(self, wave: np.ndarray) -> np.ndarray:
+    """The eval-mode forward: encode, quantize, decode, trimmed or zero-padded to the input."""
+    wave = _as_batch(wave)
+    recon = self.decode(self.encode(wave))
+    length = wave.shape[1]
+    return recon[:, :length] if recon.shape[1] >= length else np.pad(
+        recon, ((0, 0), (0, length - recon.shape[1])))
+
+
+class DiscriminatorModel:
+  """A loaded discriminator: `disc(wave)` → (8 logits `[B, -1]`, 8 lists of 6 feature maps)."""
+
+  def __init__(self, disc_kwargs: dict[str, Any], params: dict[str, Any]):
+    self.model = Discriminator(**disc_kwargs)
+    self.params = jax.device_put(params)
+    self._apply = jax.jit(self.model.apply)
+
+  def __call__(self, wave: np.ndarray) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+    logits, features = self._apply({"params": self.params}, _as_batch(wave))
+    return ([np.asarray(x) for x in logits],
+            [[np.asarray(f) for f in maps] for maps in features])
+
+
+def _kwargs(meta: dict[str, Any], key: str, path: str) -> dict[str, Any]:
+  if meta.get("task") != "codec" or key not in meta:
+    raise ValueError(f"{path}: not a codec checkpoint with a {key} (task {meta.get('task')!r}, "
+                     f"holds {sorted(k for k in meta if k in ('codec', 'discriminator'))})")
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in meta[key].items()}
+
+
+def load_codec(path: str, step: int | None = None, bucket_seconds: float = 1.0) -> CodecModel:
+  """Loads the codec of a converted checkpoint or a training workdir (latest step by default)."""
+  root = checkpointing.resolve(path)
+  meta = checkpointing.read_meta(root, step)
+  kwargs = _kwargs(meta, "codec", path)
+  abstract = jax.eval_shape(
+      lambda: Codec(**kwargs).init(jax.random.key(0), jnp.zeros((1, SAMPLE_RATE))))
+  gen = checkpointing.restore_subtree(root, {"gen": abstract}, step)["gen"]
+  return CodecModel(kwargs, gen, bucket_seconds)
+
+
+def load_discriminator(path: str, step: int | None = None) -> DiscriminatorModel:
+  """Loads the discriminator of a converted GAN checkpoint or a training workdir."""
+  root = checkpointing.resolve(path)
+  meta = checkpointing.read_meta(root, step)
+  kwargs = _kwargs(meta, "discriminator", path)
+  abstract = jax.eval_shape(
+      lambda: Discriminator(**kwargs).init(jax.random.key(0), jnp.zeros((1, SAMPLE_RATE))))
+  return DiscriminatorModel(kwargs, checkpointing.restore_subtree(root, {"disc": abstract},
+                                                                  step)["disc"]["params"])
