@@ -80,16 +80,19 @@ class _Valid:
 
 
 class ResidualBlock(nn.Module):
-  """GroupNorm → Snake → causal conv(3) → GroupNorm → Snake → conv(1) → + input."""
+  """GroupNorm → Snake → causal conv(3) → GroupNorm → Snake → conv(1) → + input.
+
+  Computes in the input's dtype (float32 parameters are cast to it).
+  """
 
   @nn.compact
   def __call__(self, x: jax.Array, valid: _Valid) -> jax.Array:
     channels = x.shape[-1]
     mask = valid.mask(x)
     mask = None if mask is None else jnp.broadcast_to(mask[..., None], x.shape)
-    h = Snake(name="snake1")(group_norm("norm1")(x, mask=mask))
+    h = Snake(name="snake1")(group_norm("norm1", x.dtype)(x, mask=mask))
     h = CausalConv1d(channels, 3, name="conv1")(h)
-    h = Snake(name="snake2")(group_norm("norm2")(h, mask=mask))
+    h = Snake(name="snake2")(group_norm("norm2", x.dtype)(h, mask=mask))
     h = Conv1d(channels, 1, name="conv2")(h)
     return valid.after(x + h)[0]
 
@@ -235,7 +238,11 @@ class ResidualVQ(nn.Module):
 
 
 class Codec(nn.Module):
-  """The original `TeluCodec`. Methods: `__call__` (train or eval forward), `encode`, `decode`."""
+  """The original `TeluCodec`. Methods: `__call__` (train or eval forward), `encode`, `decode`.
+
+  `dtype="bfloat16"` runs the encoder and decoder convolutions in bfloat16 (parameters stay
+  float32); the quantizer and every output are float32.
+  """
 
   encoder_channels: Sequence[int] = (32, 64, 128, 256, 512)
   decoder_channels: Sequence[int] = (512, 256, 128, 64, 32, 32)
@@ -244,6 +251,7 @@ class Codec(nn.Module):
   codebook_size: int = 1024
   num_quantizers: int = 8
   straight_through: str = "per_level"
+  dtype: str = "float32"
 
   def setup(self):
     self.encoder = Encoder(self.encoder_channels, self.strides, self.hidden_dim)
@@ -258,9 +266,9 @@ class Codec(nn.Module):
     reconstruction trimmed, or zero-padded at the end, to the input length.
     """
     length = audio.shape[-1]
-    latent = self.encoder(audio[..., None])
+    latent = self._encode(audio)
     out = self.quantizer(latent, train=train)
-    recon = self.decoder(out["quantized"])[..., 0]
+    recon = self._decode(out["quantized"])
     recon = recon[:, :length] if recon.shape[1] >= length else jnp.pad(
         recon, ((0, 0), (0, length - recon.shape[1])))
     return {**out, "latent": latent, "audio": recon}
@@ -271,11 +279,17 @@ class Codec(nn.Module):
     `lengths` (`[B]` sample counts) marks zero-padding at the end of each row: the valid codes
     (the first `num_frames(length)`) are then those of the unpadded audio.
     """
-    return self.quantizer(self.encoder(audio[..., None], lengths))["codes"]
+    return self.quantizer(self._encode(audio, lengths))["codes"]
 
   def decode(self, codes: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
     """int codes `[B, n_q, frames]` → audio `[B, T']` (untrimmed decoder output).
 
     `lengths` (`[B]` frame counts) marks padding frames, as for `encode`.
     """
-    return self.decoder(self.quantizer.lookup(codes), lengths)[..., 0]
+    return self._decode(self.quantizer.lookup(codes), lengths)
+
+  def _encode(self, audio: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+    return self.encoder(audio[..., None].astype(self.dtype), lengths).astype(jnp.float32)
+
+  def _decode(self, quantized: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+    return self.decoder(quantized.astype(self.dtype), lengths)[..., 0].astype(jnp.float32)

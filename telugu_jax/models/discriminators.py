@@ -23,13 +23,14 @@ class PeriodDiscriminator(nn.Module):
 
   period: int
   channels: Sequence[int] = (32, 128, 512, 1024, 1024)
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
     batch, length = x.shape
     if length % self.period:
       x = jnp.pad(x, ((0, 0), (0, self.period - length % self.period)), mode="reflect")
-    x = x.reshape(batch, -1, self.period, 1)
+    x = x.reshape(batch, -1, self.period, 1).astype(self.dtype)
     features = []
     for i, out in enumerate(self.channels):
       stride = (3, 1) if i < len(self.channels) - 1 else (1, 1)
@@ -46,11 +47,12 @@ class STFTDiscriminator(nn.Module):
 
   n_fft: int
   channels: int = 32
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
-    spec = jnp.swapaxes(stft(x, self.n_fft, self.n_fft // 4), 1, 2)  # [B, freq, frames]
-    x = jnp.stack([spec.real, spec.imag, jnp.abs(spec)], axis=-1)
+    spec = jnp.swapaxes(stft(x.astype(jnp.float32), self.n_fft, self.n_fft // 4), 1, 2)
+    x = jnp.stack([spec.real, spec.imag, jnp.abs(spec)], axis=-1).astype(self.dtype)  # [B, F, T, 3]
     layouts = [((3, 9), (1, 1), (1, 4))] + [((3, 9), (1, 2), (1, 4))] * 3 + [((3, 3), (1, 1), (1, 1))]
     features = []
     for i, (kernel, stride, padding) in enumerate(layouts):
@@ -65,20 +67,22 @@ class STFTDiscriminator(nn.Module):
 class _PeriodDiscriminators(nn.Module):
   periods: Sequence[int]
   channels: Sequence[int]
+  dtype: str
 
   @nn.compact
   def __call__(self, x):
-    return [PeriodDiscriminator(p, self.channels, name=f"discriminators_{i}")(x)
+    return [PeriodDiscriminator(p, self.channels, self.dtype, name=f"discriminators_{i}")(x)
             for i, p in enumerate(self.periods)]
 
 
 class _STFTDiscriminators(nn.Module):
   n_ffts: Sequence[int]
   channels: int
+  dtype: str
 
   @nn.compact
   def __call__(self, x):
-    return [STFTDiscriminator(n, self.channels, name=f"discriminators_{i}")(x)
+    return [STFTDiscriminator(n, self.channels, self.dtype, name=f"discriminators_{i}")(x)
             for i, n in enumerate(self.n_ffts)]
 
 
@@ -87,17 +91,24 @@ class Discriminator(nn.Module):
 
   `__call__(audio [B, T])` → `(logits, features)`: 8 logits `[B, -1]` (periods first, then STFTs)
   and, for each, 6 feature maps (5 activations, then the post-conv output).
+
+  `dtype="bfloat16"` runs the convolutions in bfloat16 (the STFT stays float32); logits and
+  feature maps are returned in float32.
   """
 
   periods: Sequence[int] = (2, 3, 5, 7, 11)
   n_ffts: Sequence[int] = (2048, 1024, 512)
   period_channels: Sequence[int] = (32, 128, 512, 1024, 1024)
   stft_channels: int = 32
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, audio: jax.Array) -> tuple[list[jax.Array], list[list[jax.Array]]]:
     if audio.ndim == 3:  # [B, 1, T]
       audio = audio[:, 0]
-    outputs = (_PeriodDiscriminators(self.periods, self.period_channels, name="mpd")(audio)
-               + _STFTDiscriminators(self.n_ffts, self.stft_channels, name="msd")(audio))
-    return [logits for logits, _ in outputs], [features for _, features in outputs]
+    outputs = (
+        _PeriodDiscriminators(self.periods, self.period_channels, self.dtype, name="mpd")(audio)
+        + _STFTDiscriminators(self.n_ffts, self.stft_channels, self.dtype, name="msd")(audio))
+    f32 = lambda x: x.astype(jnp.float32)
+    return ([f32(logits) for logits, _ in outputs],
+            [[f32(f) for f in features] for _, features in outputs])

@@ -129,9 +129,13 @@ class Snake(nn.Module):
     return x + (1.0 / alpha) * jnp.sin(alpha * x) ** 2
 
 
-def group_norm(name: str | None = None) -> nn.GroupNorm:
-  """PyTorch's `GroupNorm(1, C)`: one group over all of time and channels, eps 1e-5."""
-  return nn.GroupNorm(num_groups=1, epsilon=TORCH_NORM_EPS, use_fast_variance=False, name=name)
+def group_norm(name: str | None = None, dtype=None) -> nn.GroupNorm:
+  """PyTorch's `GroupNorm(1, C)`: one group over all of time and channels, eps 1e-5.
+
+  Statistics are reduced in float32 whatever `dtype` (the output's) is.
+  """
+  return nn.GroupNorm(num_groups=1, epsilon=TORCH_NORM_EPS, use_fast_variance=False, dtype=dtype,
+                      name=name)
 
 
 def hann_window(n: int) -> np.ndarray:

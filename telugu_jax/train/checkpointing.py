@@ -1,9 +1,10 @@
 """Orbax checkpoints shared by the converter, the trainers and inference.
 
 A checkpoint directory is an Orbax `CheckpointManager` root: one sub-directory per step, each with
-the items "state" (an arbitrary pytree of arrays) and "meta" (a JSON dict naming the task, the
-model configuration and anything else needed to rebuild the state). Orbax writes each step to a
-temporary directory and renames it when complete, so a step is never half-written.
+the items "state" (an arbitrary pytree of arrays), "meta" (a JSON dict naming the task, the
+model configuration and anything else needed to rebuild the state) and, for training
+checkpoints, "data" (the input pipeline's position). Orbax writes each step to a temporary
+directory and renames it when complete, so a step is never half-written.
 """
 
 from __future__ import annotations
@@ -11,18 +12,21 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import grain
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 STATE = "state"
 META = "meta"
+DATA = "data"  # the grain iterator's state (training checkpoints only), one file per process
 
 
-def _manager(directory: str, max_to_keep: int | None = None) -> ocp.CheckpointManager:
+def _manager(directory: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.abspath(directory),
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-      item_names=(STATE, META),
+      options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False),
+      item_names=(STATE, META, DATA),
   )
 
 
@@ -123,3 +127,52 @@ def resolve(path: str) -> str:
   raise FileNotFoundError(
       f"{path}: no checkpoint here or in {os.path.join(path, WORKDIR_CHECKPOINTS)} "
       "(expected a converted checkpoint or a training workdir)")
+
+
+class TrainingCheckpoints:
+  """A trainer's checkpoints: asynchronous saves of state, metadata and the data iterator,
+  keeping the latest `keep` steps plus the best one by a validation metric (higher is better).
+  """
+
+  def __init__(self, directory: str, keep: int, best_metric: str = "snr"):
+    self.directory = os.path.abspath(directory)
+    self.best_metric = best_metric
+    policy = preservation_policy.AnyPreservationPolicy([
+        preservation_policy.LatestN(n=keep),
+        preservation_policy.BestN(get_metric_fn=lambda metrics: metrics[best_metric], n=1,
+                                  keep_checkpoints_without_metrics=False),
+    ])
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(create=True, preservation_policy=policy),
+        item_names=(STATE, META, DATA),
+    )
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, meta: dict[str, Any], data_iterator: Any,
+           metrics: dict[str, float] | None = None, force: bool = False) -> None:
+    """Starts writing step `step` in the background (`wait()` blocks until it is on disk)."""
+    self._manager.save(
+        step,
+        args=ocp.args.Composite(**{
+            STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta),
+            DATA: grain.checkpoint.CheckpointSave(data_iterator)}),
+        metrics=metrics, force=force)
+
+  def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> tuple[Any, dict]:
+    """Restores state and metadata of `step`, and moves `data_iterator` to its saved position."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore(),
+        DATA: grain.checkpoint.CheckpointRestore(data_iterator)}))
+    return restored[STATE], restored[META]
+
+  def reached_preemption(self, step: int) -> bool:
+    return self._manager.reached_preemption(step)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()

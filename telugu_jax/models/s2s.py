@@ -1,0 +1,691 @@
+"""The S2S transformer: a Conformer encoder over input codes, a transformer decoder over output codes.
+
+Codes are `[B, Q, T]` integers (Q = `num_quantizers` codec levels); a frame's embedding is the
+concatenation of one `D/Q`-wide embedding per level, plus a speaker/emotion style vector. The
+decoder predicts the next frame's Q codes with one output head per level.
+
+Two variants share the original's parameter names (`S2SConfig.variant`):
+
+- "original" reproduces `s2s_transformer.py` exactly, defects included, for parity and for
+  converted checkpoints: no rotary positions are applied; the decoder's "cross-attention" attends
+  over the decoder stream itself with no mask (teacher forcing sees the future); the conv module
+  adds its input and the block adds it again; `layer_scale` multiplies the whole stream; the
+  encoder is full-context with a centred depthwise conv; the start frame and padding reuse code 0.
+- "fixed" (the default): rotary positions at absolute positions (offset by the cache index when
+  decoding step by step); true cross-attention (queries from the decoder, keys and values from the
+  encoder output through the same `qkv` weight); causal decoder self-attention; the conv
+  module's residual added once; LayerScale on each branch output; end-of-speech, start and padding
+  ids after the codes (`vocab_size`, `+1`, `+2`); an optional per-level delay pattern; a
+  streaming encoder (chunked attention with lookahead in the first layer, causal depthwise conv)
+  whose chunk-by-chunk computation (`S2STransformer.encode_chunk`) equals the masked full forward.
+
+Activations are `[B, T, D]`; attention queries, keys and values `[B, H, T, hd]`. Norms use PyTorch's eps
+1e-5 and GELU is the exact erf form, as in the original.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from telugu_jax.models.layers import TORCH_NORM_EPS
+
+VARIANTS = ("original", "fixed")
+# The original fills masked attention scores with -1e9 (not -inf); fully masked rows stay finite.
+MASK_VALUE = -1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class S2SConfig:
+  """Model configuration; the defaults are the original's `S2SConfig`, with variant "fixed".
+
+  Attributes:
+    delays: per-level delay in frames (fixed variant only), e.g. `(0, 1, 1, 1, 1, 1, 1, 1)`: level
+      q at decoder step t carries frame `t - delays[q]`. Empty means no delay. Level 0 must have
+      delay 0: it carries the end-of-speech decision.
+    rope_base: base of the rotary frequencies, `1 / rope_base^(2i / head_dim)` (the original's
+      `rope.inv_freq` buffer).
+    layer_scale_init: initial LayerScale value (the original's `layer_scale` init).
+    max_seq_len: the original's setting; no module depends on it (rotary positions need no table).
+  """
+
+  hidden_dim: int = 512
+  num_heads: int = 8
+  num_encoder_layers: int = 6
+  num_decoder_layers: int = 6
+  ffn_dim: int = 2048
+  conv_kernel_size: int = 31
+  conv_expansion: int = 2
+  chunk_size: int = 20
+  lookahead: int = 4
+  vocab_size: int = 1024
+  num_quantizers: int = 8
+  max_seq_len: int = 4096
+  num_speakers: int = 4
+  num_emotions: int = 9
+  dropout: float = 0.1
+  variant: str = "fixed"
+  delays: tuple[int, ...] = ()
+  rope_base: float = 10000.0
+  layer_scale_init: float = 0.1
+
+  def __post_init__(self):
+    object.__setattr__(self, "delays", tuple(int(d) for d in self.delays))
+    if self.variant not in VARIANTS:
+      raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+    if self.hidden_dim % self.num_heads or (self.hidden_dim // self.num_heads) % 2:
+      raise ValueError("hidden_dim must be num_heads times an even head dimension")
+    if self.hidden_dim % self.num_quantizers:
+      raise ValueError("hidden_dim must be a multiple of num_quantizers")
+    if not 0 <= self.lookahead <= self.chunk_size:
+      raise ValueError("lookahead must be between 0 and chunk_size")
+    if self.conv_kernel_size % 2 == 0:
+      raise ValueError("conv_kernel_size must be odd (the original pads kernel // 2 each side)")
+    if self.delays:
+      if len(self.delays) != self.num_quantizers:
+        raise ValueError(f"delays needs one entry per level ({self.num_quantizers})")
+      if self.delays[0] != 0 or min(self.delays) < 0:
+        raise ValueError(f"delays must be >= 0 with delays[0] == 0, got {self.delays}")
+      if self.is_original and any(self.delays):
+        raise ValueError("the original variant has no delay pattern")
+
+  @property
+  def is_original(self) -> bool:
+    return self.variant == "original"
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_dim // self.num_heads
+
+  @property
+  def level_delays(self) -> tuple[int, ...]:
+    return self.delays or (0,) * self.num_quantizers
+
+  @property
+  def max_delay(self) -> int:
+    return max(self.level_delays)
+
+  @property
+  def eos_id(self) -> int | None:
+    """End-of-speech id (an output class), or None: the original has no end token."""
+    return None if self.is_original else self.vocab_size
+
+  @property
+  def start_id(self) -> int:
+    """Decoder input before the first frame (and before a delayed level starts)."""
+    return 0 if self.is_original else self.vocab_size + 1
+
+  @property
+  def pad_id(self) -> int:
+    """Padding id of input and decoder-input codes (the original reuses code 0)."""
+    return 0 if self.is_original else self.vocab_size + 2
+
+  @property
+  def num_embeddings(self) -> int:
+    return self.vocab_size if self.is_original else self.vocab_size + 3
+
+  @property
+  def num_outputs(self) -> int:
+    """Classes per output head: the codes, plus end-of-speech in the fixed variant."""
+    return self.vocab_size if self.is_original else self.vocab_size + 1
+
+  def to_dict(self) -> dict[str, Any]:
+    """JSON-ready dict (for checkpoint metadata); `S2SConfig.from_dict` inverts it."""
+    d = dataclasses.asdict(self)
+    d["delays"] = list(self.delays)
+    return d
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> S2SConfig:
+    return cls(**{k: tuple(v) if k == "delays" else v for k, v in d.items()})
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure helpers: positions, masks, delay pattern, teacher forcing.
+
+
+def rotary(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
+  """Rotary position embedding (rotate-half form) of `x [B, H, T, hd]` at `positions [T]`."""
+  half = x.shape[-1] // 2
+  inv_freq = 1.0 / base ** (np.arange(0, 2 * half, 2, dtype=np.float32) / (2 * half))
+  angles = positions.astype(jnp.float32)[:, None] * inv_freq  # [T, hd/2]
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  x1, x2 = x[..., :half], x[..., half:]
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def chunk_mask(length: int, chunk_size: int, lookahead: int) -> np.ndarray:
+  """`[T, T]` bool: frame i sees frame j iff j < (i // chunk_size + 1) * chunk_size + lookahead."""
+  limit = (np.arange(length) // chunk_size + 1) * chunk_size + lookahead
+  return np.arange(length)[None, :] < limit[:, None]
+
+
+def delay_codes(codes: jax.Array, delays: tuple[int, ...], before: int, after: int) -> jax.Array:
+  """Shifts level q right by `delays[q]`: `[B, Q, T]` → `[B, Q, T + max(delays)]`.
+
+  Positions before a level starts hold `before`, positions after it ends hold `after`.
+  """
+  max_delay = max(delays)
+  levels = [jnp.pad(codes[:, q], ((0, 0), (d, 0)), constant_values=before) for q, d in
+            enumerate(delays)]
+  return jnp.stack([jnp.pad(x, ((0, 0), (0, max_delay - d)), constant_values=after)
+                    for x, d in zip(levels, delays)], axis=1)
+
+
+def undelay(x: jax.Array, delays: tuple[int, ...]) -> jax.Array:
+  """Inverse of `delay_codes` on `[B, Q, T + max(delays), ...]` → `[B, Q, T, ...]`."""
+  length = x.shape[2] - max(delays)
+  return jnp.stack([x[:, q, d:d + length] for q, d in enumerate(delays)], axis=1)
+
+
+class TeacherForcing(NamedTuple):
+  """Decoder inputs and targets of a batch under a variant's convention, all `[B, Q, L]`."""
+  decoder_input: jax.Array
+  targets: jax.Array
+  weights: jax.Array  # 1.0 where the target counts in the loss
+
+
+def teacher_forcing(config: S2SConfig, codes: jax.Array,
+                    lengths: jax.Array | None = None) -> TeacherForcing:
+  """The variant's shift-right convention for target codes `[B, Q, T]`.
+
+  original: `L = T`; the decoder input is the targets shifted right with code 0 as the start
+    frame; every position counts (padding is code 0, as in the original).
+  fixed: the frames `< lengths` (default all T) are followed by an end-of-speech frame and padding,
+    delayed level by level (`L = T + 1 + max_delay`); the decoder input starts with a start frame;
+    start and padding positions do not count.
+  """
+  if config.is_original:
+    start = jnp.full_like(codes[..., :1], config.start_id)
+    return TeacherForcing(jnp.concatenate([start, codes[..., :-1]], axis=-1), codes,
+                          jnp.ones(codes.shape, jnp.float32))
+  b, _, t = codes.shape
+  lengths = jnp.full((b,), t, jnp.int32) if lengths is None else jnp.asarray(lengths, jnp.int32)
+  frame = jnp.arange(t + 1)[None, None, :]
+  length = lengths[:, None, None]
+  padded = jnp.pad(codes, ((0, 0), (0, 0), (0, 1)))
+  with_end = jnp.where(frame < length, padded,
+                       jnp.where(frame == length, config.eos_id, config.pad_id))
+  delayed = delay_codes(with_end, config.level_delays, config.start_id, config.pad_id)
+  start = jnp.full_like(delayed[..., :1], config.start_id)
+  decoder_input = jnp.concatenate([start, delayed[..., :-1]], axis=-1)
+  counts = delayed <= config.eos_id
+  return TeacherForcing(decoder_input, jnp.where(counts, delayed, 0), counts.astype(jnp.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers.
+
+
+def _layer_norm(name: str | None = None) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=TORCH_NORM_EPS, name=name)
+
+
+def _gelu(x: jax.Array) -> jax.Array:
+  return nn.gelu(x, approximate=False)
+
+
+class BatchNorm1d(nn.Module):
+  """PyTorch's `BatchNorm1d` over the channels of `[B, T, C]`.
+
+  Training normalises with the batch statistics (biased variance) over the unmasked frames and
+  updates the running statistics with PyTorch's momentum 0.1 and the unbiased variance; evaluation
+  uses the running statistics. Parameters `scale`/`bias`, running statistics `mean`/`var` in the
+  "batch_stats" collection.
+  """
+
+  momentum: float = 0.1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, use_running_average: bool,
+               mask: jax.Array | None = None) -> jax.Array:
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    running_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,))
+    running_var = self.variable("batch_stats", "var", jnp.ones, (c,))
+    if use_running_average:
+      mean, var = running_mean.value, running_var.value
+    else:
+      w = jnp.ones(x.shape[:-1], x.dtype) if mask is None else mask.astype(x.dtype)  # [B, T]
+      n = jnp.sum(w)
+      mean = jnp.einsum("bt,btc->c", w, x) / n
+      var = jnp.einsum("bt,btc->c", w, jnp.square(x - mean)) / n
+      if not self.is_initializing():
+        m = self.momentum
+        running_mean.value = (1 - m) * running_mean.value + m * mean
+        running_var.value = (1 - m) * running_var.value + m * var * n / jnp.maximum(n - 1, 1)
+    return (x - mean) * jax.lax.rsqrt(var + TORCH_NORM_EPS) * scale + bias
+
+
+class DepthwiseConv1d(nn.Module):
+  """`Conv1d(C, C, K, groups=C)` on `[B, T, C]` with explicit `(left, right)` zero padding.
+
+  Parameters `kernel [K, C]` (PyTorch's `[C, 1, K]` transposed) and `bias [C]`.
+  """
+
+  kernel_size: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, padding: tuple[int, int]) -> jax.Array:
+    c = x.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (self.kernel_size, 1, c))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    y = jax.lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), window_strides=(1,), padding=[padding],
+        dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=c)
+    return y + bias
+
+
+class QKVProjection(nn.Module):
+  """The original's `qkv = Linear(D, 3D)`, held as three `[D, D]` projections `q`, `k`, `v`.
+
+  `parts` selects which to compute, so that cross-attention takes queries from one stream and
+  keys/values from another with the same weight. Returns one `[B, H, T, hd]` array per part.
+  """
+
+  num_heads: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, parts: slice = slice(0, 3)) -> list[jax.Array]:
+    b, t, d = x.shape
+    return [jnp.swapaxes(nn.Dense(d, name=name)(x).reshape(b, t, self.num_heads, -1), 1, 2)
+            for name in ("q", "k", "v")[parts]]
+
+
+class Attention(nn.Module):
+  """Multi-head attention with the original's `qkv` and `out` projections.
+
+  `__call__` is self-attention over a whole sequence; `cached` writes new keys/values into a
+  cache at an absolute index and attends over the cache; `memory`/`cross` are true
+  cross-attention (fixed variant). Rotary positions are applied in self-attention of the fixed
+  variant only.
+  """
+
+  config: S2SConfig
+
+  def setup(self):
+    self.qkv = QKVProjection(self.config.num_heads)
+    self.out = nn.Dense(self.config.hidden_dim)
+    self.attn_dropout = nn.Dropout(self.config.dropout)
+
+  def _rotate(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+    if self.config.is_original:  # defect 1: the original never applies its rotary frequencies
+      return x
+    return rotary(x, positions, self.config.rope_base)
+
+  def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+              deterministic: bool) -> jax.Array:
+    """q `[B, H, Tq, hd]`, k/v `[B, H, Tk, hd]`, mask broadcastable to `[B, H, Tq, Tk]`."""
+    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k.astype(q.dtype)) / np.sqrt(q.shape[-1])
+    if mask is not None:
+      scores = jnp.where(mask, scores, MASK_VALUE)
+    probs = self.attn_dropout(jax.nn.softmax(scores, axis=-1), deterministic=deterministic)
+    out = jnp.einsum("bhqk,bhkd->bqhd", probs, v.astype(q.dtype))
+    return self.out(out.reshape(*out.shape[:2], -1))
+
+  def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool = True) -> jax.Array:
+    positions = jnp.arange(x.shape[1])
+    q, k, v = self.qkv(x)
+    return self._attend(self._rotate(q, positions), self._rotate(k, positions), v, mask,
+                        deterministic)
+
+  def cached(self, x: jax.Array, cache: dict[str, jax.Array], index: jax.Array,
+             num_keys: jax.Array, num_queries: int | None = None
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Self-attention of new frames `x [B, T, D]` at positions `index + arange(T)` over a cache.
+
+    All T frames' keys/values are written to `cache["k"|"v"] [B, H, L, hd]` at `index`; the first
+    `num_queries` frames (default all) attend over cache positions `< num_keys` (a scalar, or
+    `[B]`). Evaluation only.
+    """
+    positions = index + jnp.arange(x.shape[1])
+    q, k, v = self.qkv(x)
+    k = self._rotate(k, positions)
+    cache = {name: jax.lax.dynamic_update_slice_in_dim(cache[name], new.astype(cache[name].dtype),
+                                                       index, axis=2)
+             for name, new in (("k", k), ("v", v))}
+    q = self._rotate(q, positions)[:, :, :num_queries]
+    mask = jnp.arange(cache["k"].shape[2]) < jnp.reshape(num_keys, (-1, 1))  # [B or 1, L]
+    return self._attend(q, cache["k"], cache["v"], mask[:, None, None, :], True), cache
+
+  def memory(self, memory: jax.Array) -> dict[str, jax.Array]:
+    """Cross-attention keys/values `[B, H, S, hd]` of the encoder output `memory [B, S, D]`."""
+    k, v = self.qkv(memory, slice(1, 3))
+    return {"k": k, "v": v}
+
+  def cross(self, x: jax.Array, memory_kv: dict[str, jax.Array], memory_mask: jax.Array,
+            deterministic: bool = True) -> jax.Array:
+    """Queries from `x [B, T, D]`, keys/values from `memory_kv`; `memory_mask [B, S]`."""
+    (q,) = self.qkv(x, slice(0, 1))
+    return self._attend(q, memory_kv["k"], memory_kv["v"], memory_mask[:, None, None, :],
+                        deterministic)
+
+
+class FeedForward(nn.Module):
+  """`[LayerNorm] → Linear(D, F) → act → Dropout → Linear(F, D) → Dropout`."""
+
+  config: S2SConfig
+  activation: str  # "silu" (encoder) or "gelu" (decoder)
+  pre_norm: bool
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    if self.pre_norm:
+      x = _layer_norm("norm")(x)
+    x = nn.Dense(self.config.ffn_dim, name="fc1")(x)
+    x = nn.silu(x) if self.activation == "silu" else _gelu(x)
+    x = nn.Dropout(self.config.dropout)(x, deterministic=deterministic)
+    x = nn.Dense(self.config.hidden_dim, name="fc2")(x)
+    return nn.Dropout(self.config.dropout)(x, deterministic=deterministic)
+
+
+class ConvModule(nn.Module):
+  """`LayerNorm → Linear(D, 2E) → (x, gate) → depthwise conv(x) → BatchNorm → SiLU → x·σ(gate)
+  → Linear(E, D) → Dropout`, with `E = conv_expansion * D`.
+
+  The original centres the depthwise conv and returns `input + x` (the block adds the input
+  again, defect 3); the fixed variant is causal and returns the branch alone.
+  """
+
+  config: S2SConfig
+
+  def setup(self):
+    c = self.config
+    self.layer_norm = _layer_norm()
+    self.pointwise_conv1 = nn.Dense(2 * c.conv_expansion * c.hidden_dim)
+    self.depthwise_conv = DepthwiseConv1d(c.conv_kernel_size)
+    self.norm = BatchNorm1d()
+    self.pointwise_conv2 = nn.Dense(c.hidden_dim)
+    self.dropout = nn.Dropout(c.dropout)
+
+  def _gated(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.split(self.pointwise_conv1(self.layer_norm(x)), 2, axis=-1)
+
+  def _finish(self, x: jax.Array, h: jax.Array, gate: jax.Array, mask: jax.Array | None,
+              deterministic: bool) -> jax.Array:
+    h = nn.silu(self.norm(h, use_running_average=deterministic, mask=mask)) * nn.sigmoid(gate)
+    h = self.dropout(self.pointwise_conv2(h), deterministic=deterministic)
+    return x + h if self.config.is_original else h
+
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
+    k = self.config.conv_kernel_size
+    h, gate = self._gated(x)
+    h = self.depthwise_conv(h, (k // 2, k // 2) if self.config.is_original else (k - 1, 0))
+    return self._finish(x, h, gate, mask, deterministic)
+
+  def stream(self, x: jax.Array, history: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Causal conv of a chunk `x [B, C, D]` after `history [B, K-1, E]` (the previous depthwise
+    inputs); returns the branch output and the history after the chunk."""
+    h, gate = self._gated(x)
+    window = jnp.concatenate([history, h], axis=1)  # [B, K-1+C, E]
+    new_history = window[:, x.shape[1]:]
+    return self._finish(x, self.depthwise_conv(window, (0, 0)), gate, None, True), new_history
+
+
+class ConformerLayer(nn.Module):
+  """Macaron Conformer block: ½FFN, self-attention, conv module, ½FFN.
+
+  original: `x += ½ffn1(x); x += attn; x += conv(x)` (conv adds x too) `; x += ½ffn2(x);
+  x *= layer_scale`. fixed: each branch output is multiplied by its own LayerScale vector
+  (`ffn1_scale`, `attn_scale`, `conv_scale`, `ffn2_scale`) before it is added.
+  """
+
+  config: S2SConfig
+
+  def setup(self):
+    c = self.config
+    self.ffn1 = FeedForward(c, "silu", pre_norm=True)
+    self.attn_norm = _layer_norm()
+    self.self_attn = Attention(c)
+    self.conv = ConvModule(c)
+    self.ffn2 = FeedForward(c, "silu", pre_norm=True)
+    init = nn.initializers.constant(c.layer_scale_init)
+    names = ("layer_scale",) if c.is_original else (
+        "ffn1_scale", "attn_scale", "conv_scale", "ffn2_scale")
+    self.scales = {n: self.param(n, init, (c.hidden_dim,)) for n in names}
+
+  def _scale(self, name: str, branch: jax.Array) -> jax.Array:
+    return branch if self.config.is_original else self.scales[name] * branch
+
+  def __call__(self, x: jax.Array, attn_mask: jax.Array | None, frame_mask: jax.Array | None,
+               deterministic: bool = True) -> jax.Array:
+    x = x + self._scale("ffn1_scale", 0.5 * self.ffn1(x, deterministic))
+    x = x + self._scale("attn_scale", self.self_attn(self.attn_norm(x), attn_mask, deterministic))
+    x = x + self._scale("conv_scale", self.conv(x, frame_mask, deterministic))
+    x = x + self._scale("ffn2_scale", 0.5 * self.ffn2(x, deterministic))
+    return x * self.scales["layer_scale"] if self.config.is_original else x
+
+  def stream(self, x: jax.Array, state: dict[str, jax.Array], index: jax.Array,
+             num_keys: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Fixed variant, evaluation: one chunk. `x [B, C + extra, D]` holds the chunk's C frames and
+    `extra` lookahead frames, which only contribute attention keys; the chunk's frames attend to
+    cached positions `< num_keys [B]`. Returns `[B, C, D]` and the new state."""
+    c = self.config.chunk_size
+    x = x + self._scale("ffn1_scale", 0.5 * self.ffn1(x))
+    attn, kv = self.self_attn.cached(self.attn_norm(x), {"k": state["k"], "v": state["v"]},
+                                     index, num_keys, num_queries=c)
+    x = x[:, :c] + self._scale("attn_scale", attn)
+    conv, history = self.conv.stream(x, state["conv"])
+    x = x + self._scale("conv_scale", conv)
+    x = x + self._scale("ffn2_scale", 0.5 * self.ffn2(x))
+    return x, {**kv, "conv": history}
+
+
+class DecoderLayer(nn.Module):
+  """`x += self_attn(ln1(x)); x += cross_attn(ln2(x)); x += ffn(ln3(x))`.
+
+  The original's `cross_attn` is unmasked self-attention over the decoder stream (defect 2); the
+  fixed variant's takes keys and values from the encoder output.
+  """
+
+  config: S2SConfig
+
+  def setup(self):
+    c = self.config
+    self.ln1, self.ln2, self.ln3 = _layer_norm(), _layer_norm(), _layer_norm()
+    self.self_attn = Attention(c)
+    self.cross_attn = Attention(c)
+    self.ffn = FeedForward(c, "gelu", pre_norm=False)
+
+  def __call__(self, x: jax.Array, memory: jax.Array, memory_mask: jax.Array | None,
+               deterministic: bool = True) -> jax.Array:
+    t = x.shape[1]
+    x = x + self.self_attn(self.ln1(x), np.tril(np.ones((t, t), bool)), deterministic)
+    if self.config.is_original:
+      x = x + self.cross_attn(self.ln2(x), None, deterministic)
+    else:
+      x = x + self.cross_attn.cross(self.ln2(x), self.cross_attn.memory(memory), memory_mask,
+                                    deterministic)
+    return x + self.ffn(self.ln3(x), deterministic)
+
+  def memory(self, memory: jax.Array) -> dict[str, jax.Array]:
+    return self.cross_attn.memory(memory)
+
+  def step(self, x: jax.Array, cache: dict[str, Any], index: jax.Array, memory_mask: jax.Array
+           ) -> tuple[jax.Array, dict[str, Any]]:
+    """One frame `x [B, 1, D]` at decoder position `index`, evaluation.
+
+    `cache`: `{"self": {"k", "v"} [B, H, L, hd], "memory": {"k", "v"} [B, H, S, hd]}` (no
+    "memory" in the original, whose per-frame "cross-attention" sees only the current frame).
+    """
+    attn, self_kv = self.self_attn.cached(self.ln1(x), cache["self"], index, index + 1)
+    x = x + attn
+    if self.config.is_original:
+      x = x + self.cross_attn(self.ln2(x), None)
+    else:
+      x = x + self.cross_attn.cross(self.ln2(x), cache["memory"], memory_mask)
+    return x + self.ffn(self.ln3(x)), {**cache, "self": self_kv}
+
+
+class StyleEmbedding(nn.Module):
+  """`style_mix(concat(emotion_embed, speaker_embed))`, `style_mix = Linear → LN → GELU → Dropout`."""
+
+  config: S2SConfig
+
+  @nn.compact
+  def __call__(self, speaker: jax.Array, emotion: jax.Array, deterministic: bool = True
+               ) -> jax.Array:
+    c = self.config
+    style = jnp.concatenate([nn.Embed(c.num_emotions, c.hidden_dim, name="emotion_embed")(emotion),
+                             nn.Embed(c.num_speakers, c.hidden_dim, name="speaker_embed")(speaker)],
+                            axis=-1)
+    style = _gelu(_layer_norm("mix_norm")(nn.Dense(c.hidden_dim, name="mix")(style)))
+    return nn.Dropout(c.dropout)(style, deterministic=deterministic)  # [B, D]
+
+
+class S2STransformer(nn.Module):
+  """The S2S model. Variables: "params" and "batch_stats" (the conv modules' BatchNorm).
+
+  Entry points (call with `model.apply(variables, ..., method=...)`):
+    `__call__`: teacher-forced logits from input codes and decoder-input codes.
+    `style`, `encode`, `decode`: the pieces of `__call__`.
+    `encode_chunk`: one chunk of the streaming encoder (fixed variant).
+    `init_cache`, `decode_step`: single-frame decoding over an explicit KV cache.
+  """
+
+  config: S2SConfig
+
+  def setup(self):
+    c = self.config
+    self.token_embed = [nn.Embed(c.num_embeddings, c.hidden_dim // c.num_quantizers)
+                        for _ in range(c.num_quantizers)]
+    self.style_embed = StyleEmbedding(c)
+    self.encoder_layers = [ConformerLayer(c) for _ in range(c.num_encoder_layers)]
+    self.encoder_norm = _layer_norm()
+    self.decoder_layers = [DecoderLayer(c) for _ in range(c.num_decoder_layers)]
+    self.decoder_norm = _layer_norm()
+    self.output_heads = [nn.Dense(c.num_outputs) for _ in range(c.num_quantizers)]
+
+  def _embed(self, codes: jax.Array, style: jax.Array) -> jax.Array:
+    """`[B, Q, T]` codes → `[B, T, D]` concatenated level embeddings plus the style vector."""
+    x = jnp.concatenate([emb(codes[:, q]) for q, emb in enumerate(self.token_embed)], axis=-1)
+    return x + style[:, None, :]
+
+  def _heads(self, x: jax.Array) -> jax.Array:
+    """`[B, T, D]` → logits `[B, Q, T, V]`."""
+    x = self.decoder_norm(x)
+    return jnp.stack([head(x) for head in self.output_heads], axis=1)
+
+  def style(self, speaker: jax.Array, emotion: jax.Array, deterministic: bool = True
+            ) -> jax.Array:
+    """Speaker `[B]` and emotion `[B]` ids → style vector `[B, D]`."""
+    return self.style_embed(speaker, emotion, deterministic)
+
+  def encode(self, input_codes: jax.Array, style: jax.Array, deterministic: bool = True
+             ) -> tuple[jax.Array, jax.Array]:
+    """Full forward of the encoder: `[B, Q, S]` → output `[B, S, D]` and frame mask `[B, S]`.
+
+    original: full-context attention, no mask (the mask returned is all true). fixed: frames
+    equal to the padding id (level 0) are masked out as keys; attention is chunked (the first
+    layer with `lookahead` frames of lookahead, later layers without, so the encoder as a whole
+    looks `lookahead` frames ahead of the chunk).
+    """
+    c = self.config
+    x = self._embed(input_codes, style)
+    s = x.shape[1]
+    frame_mask = input_codes[:, 0] != c.pad_id if not c.is_original else jnp.ones((x.shape[0], s),
+                                                                                  bool)
+    for i, layer in enumerate(self.encoder_layers):
+      if c.is_original:
+        x = layer(x, None, None, deterministic)
+      else:
+        visible = chunk_mask(s, c.chunk_size, c.lookahead if i == 0 else 0)
+        attn_mask = visible[None, None] & frame_mask[:, None, None, :]
+        x = layer(x, attn_mask, frame_mask, deterministic)
+    return self.encoder_norm(x), frame_mask
+
+  def encode_chunk(self, chunk_codes: jax.Array, style: jax.Array, state: dict[str, Any],
+                   available: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+    """One step of the streaming encoder (fixed variant, evaluation).
+
+    Args:
+      chunk_codes: `[B, Q, C + lookahead]`: the next C = `chunk_size` frames of the stream, then
+        the lookahead frames of the chunk after.
+      style: `[B, D]`.
+      state: from `init_encoder_state`; `state["index"]` counts the frames encoded so far.
+      available: `[B]` (or a scalar): how many frames of each stream exist, counted from its
+        start; frames of `chunk_codes` at or beyond it are ignored. A chunk needs
+        `available >= index + C + lookahead` unless the stream ends within its window, and a
+        chunk with fewer than C real frames must be a stream's last.
+    Returns:
+      The encoder output of the chunk's C frames `[B, C, D]` and the new state. Running the chunks
+      in order reproduces `encode` of the whole (masked) sequence.
+    """
+    c = self.config
+    x = self._embed(chunk_codes, style)
+    index = state["index"]
+    available = jnp.asarray(available)
+    layers = []
+    for i, layer in enumerate(self.encoder_layers):
+      if i == 0:
+        num_keys = jnp.minimum(index + c.chunk_size + c.lookahead, available)
+      else:
+        num_keys = jnp.minimum(index + c.chunk_size, available)
+      x, layer_state = layer.stream(x, state["layers"][i], index, num_keys)
+      layers.append(layer_state)
+    return self.encoder_norm(x), {"index": index + c.chunk_size, "layers": layers}
+
+  def decode(self, decoder_input: jax.Array, style: jax.Array, memory: jax.Array,
+             memory_mask: jax.Array | None, deterministic: bool = True) -> jax.Array:
+    """Teacher-forced decoder: input codes `[B, Q, T]` → logits `[B, Q, T, V]`."""
+    x = self._embed(decoder_input, style)
+    for layer in self.decoder_layers:
+      x = layer(x, memory, memory_mask, deterministic)
+    return self._heads(x)
+
+  def __call__(self, input_codes: jax.Array, decoder_input: jax.Array, speaker: jax.Array,
+               emotion: jax.Array, deterministic: bool = True) -> jax.Array:
+    """Teacher-forced logits `[B, Q, T, V]` (see `teacher_forcing` for the decoder input)."""
+    style = self.style(speaker, emotion, deterministic)
+    memory, memory_mask = self.encode(input_codes, style, deterministic)
+    return self.decode(decoder_input, style, memory, memory_mask, deterministic)
+
+  def init_cache(self, style: jax.Array, memory: jax.Array, memory_mask: jax.Array,
+                 length: int, dtype: Any = jnp.float32) -> dict[str, Any]:
+    """The decoding cache for up to `length` steps: style `[B, D]`, the memory mask `[B, S]`
+    and per layer the (empty) self-attention keys/values `[B, H, length, hd]` and, in the fixed
+    variant, the cross-attention keys/values of the encoder output."""
+    c = self.config
+    shape = (style.shape[0], c.num_heads, length, c.head_dim)
+    layers = []
+    for layer in self.decoder_layers:
+      cache = {"self": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}}
+      if not c.is_original:
+        cache["memory"] = jax.tree.map(lambda a: a.astype(dtype), layer.memory(memory))
+      layers.append(cache)
+    return {"style": style, "memory_mask": memory_mask, "layers": layers}
+
+  def decode_step(self, tokens: jax.Array, cache: dict[str, Any], index: jax.Array
+                  ) -> tuple[jax.Array, dict[str, Any]]:
+    """Decoder input frame `tokens [B, Q]` at position `index` → logits `[B, Q, V]`, cache."""
+    x = self._embed(tokens[:, :, None], cache["style"])
+    layers = []
+    for layer, layer_cache in zip(self.decoder_layers, cache["layers"]):
+      x, layer_cache = layer.step(x, layer_cache, index, cache["memory_mask"])
+      layers.append(layer_cache)
+    return self._heads(x)[:, :, 0], {**cache, "layers": layers}
+
+
+def init_encoder_state(config: S2SConfig, batch: int, capacity: int,
+                       dtype: Any = jnp.float32) -> dict[str, Any]:
+  """Empty streaming-encoder state for streams of up to `capacity` frames (see `encode_chunk`).
+
+  Per layer: keys/values `[B, H, L, hd]`, with `L` the capacity rounded up to whole chunks plus
+  room for the last chunk's lookahead frames, and the depthwise conv's history `[B, K - 1, E]`.
+  """
+  c = config
+  length = -(-capacity // c.chunk_size) * c.chunk_size + c.lookahead
+  kv = (batch, c.num_heads, length, c.head_dim)
+  history = (batch, c.conv_kernel_size - 1, c.conv_expansion * c.hidden_dim)
+  layer = lambda: {"k": jnp.zeros(kv, dtype), "v": jnp.zeros(kv, dtype),
+                   "conv": jnp.zeros(history, jnp.float32)}
+  return {"index": jnp.zeros((), jnp.int32),
+          "layers": [layer() for _ in range(c.num_encoder_layers)]}
