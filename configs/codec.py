@@ -81,7 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
 
   config.log_every = 10
-  config.eval_every = 500
+  config.eval_every = 500  # and at the end; 0 = never
   config.eval_batches = 8  # validation batches per evaluation (0 = the whole split)
   config.eval_crop_samples = 32000  # fixed validation crops (0 = whole utterances)
   config.eval_audio_samples = 3  # clips written to TensorBoard and disk per evaluation

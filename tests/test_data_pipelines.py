@@ -307,12 +307,6 @@ def test_unreadable_shard_is_left_out(audio_shards, tmp_path, caplog):
   assert f"Skipping unreadable shard {broken}" in caplog.text
 
 
-def test_process_block_splits_evenly():
-  blocks = [pipelines.process_block(10, i, 3) for i in range(3)]
-  assert blocks == [(0, 3), (3, 6), (6, 10)]
-  assert audio.SAMPLE_RATE == 16000
-
-
 def test_worker_processes_are_deterministic_and_restorable(audio_shards):
   from absl import flags  # pylint: disable=import-outside-toplevel
 

@@ -229,14 +229,6 @@ def _resolve_processes(process_index: int | None, process_count: int | None) -> 
   return process_index, process_count
 
 
-def process_block(num_records: int, process_index: int, process_count: int) -> tuple[int, int]:
-  """`[start, end)` of the contiguous block of records that a process reads."""
-  return (
-      num_records * process_index // process_count,
-      num_records * (process_index + 1) // process_count,
-  )
-
-
 def _training_iterator(
     sources: Sources,
     transform: grain.transforms.RandomMap,
@@ -380,7 +372,7 @@ def codec_eval_batches(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Deterministic validation batches: each record once, in shard order.
+  """Deterministic validation batches: each record once, in shard order (strided over processes).
 
   Args:
     shard_paths: audio shards (or a TFDS data source).
@@ -399,15 +391,13 @@ def codec_eval_batches(
   """
   index, count = _resolve_processes(process_index, process_count)
   source = RecordSource(shard_paths)
-  start, end = process_block(len(source), index, count)
-  largest_block = max(
-      b - a for a, b in (process_block(len(source), p, count) for p in range(count))
-  )
-  num_batches = math.ceil(largest_block / batch_size)
+  # Every process-th record, as in training: the global batch (the processes' batches side by
+  # side) holds the same records on any number of processes.
+  num_batches = math.ceil(math.ceil(len(source) / count) / batch_size)
   width = crop_samples or pad_multiple
-  ds = grain.MapDataset.source(source).slice(slice(start, end)).map(EvalAudio(crop_samples))
+  ds = grain.MapDataset.source(source).slice(slice(index, None, count)).map(EvalAudio(crop_samples))
   read_options = grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=2 * batch_size)
-  it = SkipCorrupt(ds.to_iter_dataset(read_options), num_records=end - start)
+  it = SkipCorrupt(ds.to_iter_dataset(read_options), num_records=len(range(index, len(source), count)))
   it = it.batch(batch_size, drop_remainder=False, batch_fn=PadBatch(batch_size, width))
   produced = 0
   for batch in it:

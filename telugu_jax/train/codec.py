@@ -1,4 +1,4 @@
-"""Codec GAN training: state, the GAN update in the original's order.
+"""Codec GAN training: `train_and_evaluate(config, workdir)` and its pure update.
 
 The training state is an explicit pytree:
 
@@ -6,29 +6,47 @@ The training state is an explicit pytree:
      "disc": {"params": discriminator params, "opt": AdamW state},
      "step": int32 number of GAN updates done}
 
-`train_step` is pure and jit-able (`jax.jit(step, donate_argnums=0)`).
+Sections, top to bottom: models and state; the update (`make_train_step`); evaluation; the
+training loop.
 """
 
 from __future__ import annotations
 
+import glob
+import json
+import os
+import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
+import soundfile
+from absl import logging
 
 from telugu_jax import losses
+from telugu_jax.data import pipelines, sample_corpus
+from telugu_jax.evaluation import metrics as eval_metrics
+from telugu_jax.evaluation import plots
+from telugu_jax.inference.codec import bucket_length
+from telugu_jax.models import codec as codec_lib
 from telugu_jax.models.codec import Codec
 from telugu_jax.models.discriminators import Discriminator
-from telugu_jax.train import checkpointing, optim
+from telugu_jax.train import checkpointing, optim, sharding
 
 State = dict[str, Any]
+SAMPLE_RATE = 16000
+# Model options that change no parameter: a checkpoint may differ from the config in these.
+_FREE_OPTIONS = ("straight_through",)
 
 
 def build_models(config: ml_collections.ConfigDict) -> tuple[Codec, Discriminator]:
-  return Codec(**config.codec), Discriminator(**config.discriminator)
+  return (Codec(**config.codec, dtype=config.compute_dtype),
+          Discriminator(**config.discriminator, dtype=config.compute_dtype))
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -68,22 +86,66 @@ def with_codebooks(params: dict, codebooks: jax.Array) -> dict:
 
 def load_state(path: str, config: ml_collections.ConfigDict,
                step: int | None = None) -> tuple[State, dict[str, Any]]:
-  """Restores a full GAN state (e.g. a converted PyTorch checkpoint) shaped for `config`.
+  """Restores a GAN state (a converted PyTorch checkpoint or a training workdir) for `config`.
+
+  Parts the checkpoint lacks (a codec-only conversion has no discriminator and no optimizer
+  states) come from a fresh initialisation with `config.seed`.
 
   Raises:
     ValueError: if the checkpoint's architecture differs from `config`'s.
   """
   root = checkpointing.resolve(path)
   meta = checkpointing.read_meta(root, step)
+  if meta.get("task") != "codec":
+    raise ValueError(f"{path}: not a codec checkpoint (task {meta.get('task')!r})")
   for key in ("codec", "discriminator"):
-    # Options that change no parameter shape (straight_through) may differ.
-    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in meta.get(key, {}).items()
-             if k != "straight_through"}
-    wanted = {k: v for k, v in config[key].to_dict().items() if k != "straight_through"}
+    if key not in meta:
+      continue
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in meta[key].items()
+             if k not in _FREE_OPTIONS}
+    wanted = {k: v for k, v in config[key].to_dict().items() if k not in _FREE_OPTIONS}
     if saved != wanted:
       raise ValueError(f"{path}: the checkpoint's {key} {saved} differs from the config's {wanted}")
-  state, meta = checkpointing.restore(root, step, abstract_state(config))
+  abstract = abstract_state(config)
+  wanted = {"gen": {"params": abstract["gen"]["params"], "vq": abstract["gen"]["vq"]}}
+  if "gen_optimizer" in meta:
+    wanted["gen"]["opt"] = abstract["gen"]["opt"]
+  if "discriminator" in meta:
+    wanted["disc"] = {"params": abstract["disc"]["params"]}
+    if "disc_optimizer" in meta:
+      wanted["disc"]["opt"] = abstract["disc"]["opt"]
+  wanted["step"] = abstract["step"]
+  restored = checkpointing.restore_subtree(root, wanted, step)
+  if restored["gen"].keys() == abstract["gen"].keys() and "opt" in restored.get("disc", {}):
+    return restored, meta
+  state = init_state(config, jax.random.key(config.seed))
+  for model, part in restored.items():
+    state[model] = {**state[model], **part} if isinstance(part, dict) else part
   return state, meta
+
+
+def reseed_codes(rng: jax.Array, ema: dict[str, jax.Array], residuals: jax.Array,
+                 threshold: float, reseed_all: jax.Array) -> dict[str, jax.Array]:
+  """Re-seeds dead codebook rows from this batch's residuals (not in the original).
+
+  A row whose EMA count is below `threshold` (or every row when `reseed_all`, used to
+  initialise the codebooks from data) becomes a random residual vector of its level, with EMA
+  count 1 and EMA sum equal to the vector, so the next EMA update keeps it there.
+
+  Args:
+    ema: `ema_cluster_size [n_q, K]`, `ema_w` and `codebooks` `[n_q, K, D]` after the update.
+    residuals: `[n_q, B, T, D]` each level's input this step.
+  """
+  n_q, size = ema["ema_cluster_size"].shape
+  flat = residuals.reshape(n_q, -1, residuals.shape[-1])
+  picks = jax.random.randint(rng, (n_q, size), 0, flat.shape[1])
+  samples = jnp.take_along_axis(flat, picks[..., None], axis=1)  # [n_q, K, D]
+  dead = (ema["ema_cluster_size"] < threshold) | reseed_all
+  return {
+      "ema_cluster_size": jnp.where(dead, 1.0, ema["ema_cluster_size"]),
+      "ema_w": jnp.where(dead[..., None], samples, ema["ema_w"]),
+      "codebooks": jnp.where(dead[..., None], samples, ema["codebooks"]),
+  }
 
 
 def make_train_step(config: ml_collections.ConfigDict) -> Callable[[State, jax.Array],
@@ -101,6 +163,7 @@ def make_train_step(config: ml_collections.ConfigDict) -> Callable[[State, jax.A
   codec, disc = build_models(config)
   tx = make_optimizer(config)
   weights = dict(config.loss_weights)
+  base_rng = jax.random.key(config.seed)
 
   def train_step(state: State, audio: jax.Array) -> tuple[State, dict]:
     gen, dis = state["gen"], state["disc"]
@@ -127,14 +190,19 @@ def make_train_step(config: ml_collections.ConfigDict) -> Callable[[State, jax.A
 
     (gen_loss, (gen_terms, out)), gen_grads = jax.value_and_grad(gen_loss_fn, has_aux=True)(
         gen["params"])
-    params = with_codebooks(gen["params"], out["codebooks"])
+    ema = {k: out[k] for k in ("ema_cluster_size", "ema_w", "codebooks")}
+    if config.vq.init_from_data or config.vq.dead_code_threshold > 0:
+      ema = reseed_codes(jax.random.fold_in(base_rng, state["step"]), ema, out["residuals"],
+                         config.vq.dead_code_threshold,
+                         config.vq.init_from_data & (state["step"] == 0))
+    params = with_codebooks(gen["params"], ema["codebooks"])
     updates, gen_opt = tx.update(gen_grads, gen["opt"], params)
     params = optax.apply_updates(params, updates)
 
     new_state = {
         "gen": {"params": params, "opt": gen_opt,
-                "vq": {"quantizer": {"ema_cluster_size": out["ema_cluster_size"],
-                                     "ema_w": out["ema_w"]}}},
+                "vq": {"quantizer": {"ema_cluster_size": ema["ema_cluster_size"],
+                                     "ema_w": ema["ema_w"]}}},
         "disc": {"params": disc_params, "opt": disc_opt},
         "step": state["step"] + 1,
     }
@@ -144,3 +212,318 @@ def make_train_step(config: ml_collections.ConfigDict) -> Callable[[State, jax.A
     return new_state, metrics
 
   return train_step
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+def make_eval_step(config: ml_collections.ConfigDict) -> Callable:
+  """`eval_step(gen, audio [B, T], lengths [B])` → reconstructions, codes and per-clip metrics.
+
+  The codec runs in eval mode with the padding past each clip masked (see `Codec.encode`).
+  """
+  codec, _ = build_models(config)
+  strides = tuple(config.codec.strides)
+  size = config.codec.codebook_size
+
+  def eval_step(gen: dict, audio: jax.Array, lengths: jax.Array) -> dict[str, jax.Array]:
+    variables = {"params": gen["params"], "vq": gen["vq"]}
+    codes = codec.apply(variables, audio, lengths, method=Codec.encode)
+    frames = codec_lib.num_frames(lengths, strides)
+    recon = codec.apply(variables, codes, frames, method=Codec.decode)
+    recon = jnp.pad(recon, ((0, 0), (0, max(0, audio.shape[1] - recon.shape[1]))))
+    recon = recon[:, : audio.shape[1]] * (jnp.arange(audio.shape[1]) < lengths[:, None])
+    valid = (jnp.arange(codes.shape[2]) < frames[:, None])[:, None, :]  # [B, 1, F]
+    counts = jnp.sum(jax.nn.one_hot(codes, size) * valid[..., None], axis=(0, 2))  # [n_q, K]
+    return {"audio": recon, "counts": counts,
+            "snr": eval_metrics.snr_db(audio, recon, lengths),
+            "si_sdr": eval_metrics.si_sdr_db(audio, recon, lengths),
+            "mel_distance": eval_metrics.mel_distance(audio, recon, lengths)}
+
+  return eval_step
+
+
+class Evaluator:
+  """Validation on held-out shards and on a folder of real speech; writes samples and plots."""
+
+  def __init__(self, config, mesh, validation_shards, workdir, writer):
+    self.config, self.mesh, self.workdir, self.writer = config, mesh, workdir, writer
+    self.validation_shards = validation_shards
+    self.local_batch = sharding.local_batch_size(config.data.batch_size)
+    eval_step = make_eval_step(config)
+
+    def batch_step(gen, audio, lengths, valid):
+      # Inputs come back replicated so that every process can read whole batches.
+      return {**eval_step(gen, audio, lengths), "reference": audio, "lengths": lengths,
+              "valid": valid}
+
+    batch = sharding.batch_sharded(mesh)
+    self._batch_step = jax.jit(
+        batch_step, in_shardings=(sharding.replicated(mesh), batch, batch, batch),
+        out_shardings=sharding.replicated(mesh))
+    self._clip_step = jax.jit(eval_step, out_shardings=sharding.replicated(mesh))
+    folder = config.data.eval_folder
+    self.clips = []
+    if folder and os.path.isdir(folder):
+      self.clips = pipelines.folder_eval_clips(folder, normalize=True)
+      logging.info("Evaluating on %d real-speech clips from %s", len(self.clips), folder)
+    elif folder:
+      logging.warning("Evaluation folder %s not found: skipping real-speech evaluation", folder)
+
+  def _validation_batches(self):
+    crop = self.config.eval_crop_samples or None
+    batches = pipelines.codec_eval_batches(self.validation_shards, batch_size=self.local_batch,
+                                           crop_samples=crop)
+    for i, batch in enumerate(batches):
+      if self.config.eval_batches and i >= self.config.eval_batches:
+        break
+      yield batch
+
+  def __call__(self, gen: dict, step: int) -> dict[str, float]:
+    results: dict[str, float] = {}
+    samples = []
+    if self.validation_shards:
+      values, counts = {"snr": [], "si_sdr": [], "mel_distance": []}, 0
+      for batch in self._validation_batches():
+        out = jax.device_get(self._batch_step(gen, *sharding.global_batch(
+            self.mesh, (batch["audio"], batch["lengths"], batch["valid"]))))
+        valid = out["valid"]
+        for name in values:
+          values[name].extend(out[name][valid])
+        counts = counts + out["counts"]
+        for i in np.flatnonzero(valid)[: self.config.eval_audio_samples - len(samples)]:
+          length = out["lengths"][i]
+          samples.append((out["reference"][i, :length], out["audio"][i, :length]))
+      results.update({f"val/{k}": float(np.mean(v)) for k, v in values.items() if v})
+      usage = eval_metrics.codebook_usage(counts)
+      for level in range(len(usage["perplexity"])):
+        results[f"val/perplexity_{level}"] = float(usage["perplexity"][level])
+        results[f"val/dead_codes_{level}"] = float(usage["dead"][level])
+      results["val/perplexity_mean"] = float(np.mean(usage["perplexity"]))
+      results["val/dead_codes_mean"] = float(np.mean(usage["dead"]))
+    if self.clips:
+      values = {"snr": [], "si_sdr": [], "mel_distance": []}
+      for name, wave in self.clips:
+        width = bucket_length(wave.size, SAMPLE_RATE)
+        audio = np.pad(wave, (0, width - wave.size))[None]
+        out = self._clip_step(gen, audio, np.array([wave.size], np.int32))
+        for key in values:
+          values[key].append(float(out[key][0]))
+      results.update({f"real/{k}": float(np.mean(v)) for k, v in values.items()})
+      name, wave = self.clips[0]
+      width = bucket_length(wave.size, SAMPLE_RATE)
+      out = self._clip_step(gen, np.pad(wave, (0, width - wave.size))[None],
+                            np.array([wave.size], np.int32))
+      samples.append((wave, np.asarray(out["audio"][0, :wave.size])))
+    if jax.process_index() == 0:
+      self._write_samples(samples, step)
+    return results
+
+  def _write_samples(self, samples, step: int) -> None:
+    folder = os.path.join(self.workdir, "samples", f"step_{step:07d}")
+    os.makedirs(folder, exist_ok=True)
+    for i, (original, recon) in enumerate(samples):
+      soundfile.write(os.path.join(folder, f"{i}_original.wav"), original, SAMPLE_RATE)
+      soundfile.write(os.path.join(folder, f"{i}_reconstruction.wav"), np.clip(recon, -1, 1),
+                      SAMPLE_RATE)
+      if self.writer is not None:
+        self.writer.add_audio(f"sample_{i}/original", original, step, sample_rate=SAMPLE_RATE)
+        self.writer.add_audio(f"sample_{i}/reconstruction", recon, step, sample_rate=SAMPLE_RATE)
+      plots.spectrogram_comparison(original, recon, os.path.join(folder, f"{i}_spectrogram.png"),
+                                   title=f"step {step}, sample {i}")
+
+
+# --- the training loop ----------------------------------------------------------------------------
+
+
+def _expand(patterns: str) -> list[str]:
+  paths = []
+  for pattern in filter(None, (p.strip() for p in patterns.split(","))):
+    matches = sorted(glob.glob(pattern))
+    if not matches:
+      raise FileNotFoundError(f"no shards match {pattern!r}")
+    paths += matches
+  return paths
+
+
+def resolve_shards(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
+  """`(train, validation)` shard paths; the bundled sample corpus when none are configured."""
+  if not config.data.train_shards:
+    corpus = sample_corpus.sample_shards()
+    logging.info("No data configured: training on the bundled Telugu sample corpus")
+    return corpus["train"], corpus["validation"]
+  return _expand(config.data.train_shards), _expand(config.data.validation_shards)
+
+
+class _Preemption:
+  """Turns SIGTERM (and SIGINT) into a flag that the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    logging.warning("Received signal %d: saving a checkpoint and exiting", signum)
+    self.requested = True
+
+  def restore(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _progress(step, total, metrics, rate, audio_rate, eta):
+  losses_text = " ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                         if k in ("gen_loss", "disc_loss", "l1", "vq", "mel", "feature_matching"))
+  return (f"step {step}/{total} | {losses_text} | {rate:.2f} steps/s | "
+          f"{audio_rate:.1f} audio-s/s | ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains the codec GAN, resuming from `workdir` or `config.init_from`. Returns final metrics."""
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sharding.make_mesh()
+  is_main = jax.process_index() == 0
+
+  # Data.
+  train_shards, validation_shards = resolve_shards(config)
+  global_batch = config.data.batch_size
+  local_batch = sharding.local_batch_size(global_batch)
+  train_iter = pipelines.codec_train_iterator(
+      train_shards, batch_size=local_batch, crop_samples=config.data.crop_samples,
+      seed=config.seed, num_workers=config.data.num_workers)
+  num_records = len(pipelines.RecordSource(train_shards))
+  steps_per_epoch = config.steps_per_epoch or max(1, num_records // global_batch)
+  total_steps = config.total_steps or config.num_epochs * steps_per_epoch
+
+  # State: the workdir's checkpoint, else config.init_from, else fresh.
+  checkpoints = checkpointing.TrainingCheckpoints(
+      os.path.join(workdir, checkpointing.WORKDIR_CHECKPOINTS), keep=config.keep_checkpoints)
+  replicated = sharding.replicated(mesh)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                          abstract_state(config))
+  meta = {"task": "codec", "codec": _jsonable(config.codec), "config": config.to_json(),
+          "discriminator": _jsonable(config.discriminator),
+          "gen_optimizer": dict(config.optimizer), "disc_optimizer": dict(config.optimizer)}
+  latest = checkpoints.latest_step()
+  if latest is not None:
+    state, saved_meta = checkpoints.restore(latest, abstract, train_iter)
+    meta.update(start_step=saved_meta["start_step"], start_epoch=saved_meta["start_epoch"])
+    logging.info("Resumed from %s at step %d", checkpoints.directory, latest)
+  elif config.init_from:
+    state, saved_meta = load_state(config.init_from, config)
+    state = jax.device_put(state, replicated)
+    start_epoch = saved_meta["epoch"] + 1 if "epoch" in saved_meta else 0
+    meta.update(start_step=int(state["step"]), start_epoch=start_epoch)
+    logging.info("Initialised from %s (step %d, next epoch %d)", config.init_from,
+                 int(state["step"]), start_epoch)
+  else:
+    state = jax.device_put(init_state(config, jax.random.key(config.seed)), replicated)
+    meta.update(start_step=0, start_epoch=0)
+  first_step = int(state["step"])
+
+  def epoch_of(step):
+    return meta["start_epoch"] + (step - meta["start_step"]) // steps_per_epoch
+
+  train_step = jax.jit(make_train_step(config),
+                       in_shardings=(replicated, sharding.batch_sharded(mesh)),
+                       out_shardings=(replicated, replicated), donate_argnums=0)
+  writer = None
+  if is_main:
+    from tensorboardX import SummaryWriter  # Logging only on the main process.
+    writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+  evaluator = Evaluator(config, mesh, validation_shards, workdir, writer)
+  preemption = _Preemption()
+  audio_seconds_per_step = global_batch * config.data.crop_samples / SAMPLE_RATE
+  print(f"training {total_steps} steps ({steps_per_epoch} per epoch) from step {first_step} on "
+        f"{jax.device_count()} devices, {jax.process_count()} processes; global batch "
+        f"{global_batch} × {config.data.crop_samples} samples", flush=True)
+
+  last_saved = latest
+  pending = None  # (step, metrics) of the step dispatched last: checked one step behind
+  results: dict[str, float] = {}
+  window_start, window_steps = time.perf_counter(), 0
+
+  def check(step_and_metrics):
+    step, metrics = step_and_metrics
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not all(np.isfinite([values["gen_loss"], values["disc_loss"]])):
+      checkpoints.wait()
+      raise FloatingPointError(
+          f"non-finite loss at step {step} (generator {values['gen_loss']}, discriminator "
+          f"{values['disc_loss']}); the last good checkpoint is step {last_saved} in "
+          f"{checkpoints.directory}, left intact")
+    return values
+
+  def save(step, metrics=None):
+    nonlocal last_saved
+    checkpoints.save(step, state, {**meta, "step": step, "epoch": epoch_of(step - 1)},
+                     train_iter, metrics=metrics)
+    last_saved = step
+
+  try:
+    for step in range(first_step, total_steps):
+      if step > first_step and epoch_of(step) != epoch_of(step - 1):
+        lr = optim.cosine_learning_rate(config.optimizer.learning_rate, epoch_of(step),
+                                        config.num_epochs)
+        state["gen"]["opt"] = optim.set_learning_rate(state["gen"]["opt"], lr)
+        state["disc"]["opt"] = optim.set_learning_rate(state["disc"]["opt"], lr)
+      batch = sharding.global_batch(mesh, next(train_iter)["audio"])
+      state, metrics = train_step(state, batch)
+      if pending is not None:
+        values = check(pending)
+      pending = (step + 1, metrics)
+      window_steps += 1
+      done = step + 1
+      if done % config.log_every == 0 or done == total_steps:
+        values = check(pending)
+        elapsed = time.perf_counter() - window_start
+        rate = window_steps / elapsed
+        values["learning_rate"] = float(optim.get_moments(state["gen"]["opt"]).learning_rate)
+        if is_main:
+          print(_progress(done, total_steps, values, rate, rate * audio_seconds_per_step,
+                          (total_steps - done) / rate), flush=True)
+          for name, value in values.items():
+            writer.add_scalar(f"train/{name}", value, done)
+          writer.add_scalar("train/audio_seconds_per_second", rate * audio_seconds_per_step, done)
+          _append_jsonl(os.path.join(workdir, "metrics.jsonl"), {"step": done, **values})
+        window_start, window_steps = time.perf_counter(), 0
+      if config.eval_every > 0 and (done % config.eval_every == 0 or done == total_steps):
+        check(pending)
+        results = evaluator(state["gen"], done)
+        if is_main:
+          print(f"eval step {done}: " + " ".join(f"{k} {v:.3f}" for k, v in results.items()
+                                                 if "_" not in k.split("/")[1] or "mean" in k
+                                                 or k.endswith(("si_sdr", "mel_distance"))),
+                flush=True)
+          for name, value in results.items():
+            writer.add_scalar(name, value, done)
+          _append_jsonl(os.path.join(workdir, "metrics.jsonl"), {"step": done, **results})
+        best = {"snr": results["val/snr"]} if "val/snr" in results else None
+        save(done, best)
+      elif (done % config.checkpoint_every == 0 or done == total_steps
+            or preemption.requested):
+        check(pending)
+        save(done)
+      if preemption.requested:
+        logging.warning("Stopping after step %d on request; checkpoint saved", done)
+        break
+  finally:
+    checkpoints.wait()
+    checkpoints.close()
+    preemption.restore()
+    if writer is not None:
+      writer.close()
+  return results
+
+
+def _append_jsonl(path: str, record: dict[str, Any]) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def _jsonable(config_dict) -> dict[str, Any]:
+  return json.loads(config_dict.to_json())

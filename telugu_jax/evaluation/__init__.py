@@ -1,0 +1,1 @@
+"""Codec and S2S evaluation: metrics, plots."""

@@ -1,0 +1,179 @@
+"""The codec trainer: resume after SIGKILL, SIGTERM, NaN stop, 1 vs 8 devices vs 2 hosts.
+
+Runs use a tiny variant of `configs/codec.py:smoke` (2 period + 1 STFT discriminators, 2 VQ
+levels) so that each launch compiles in seconds; launched processes share the session's
+compilation cache (see conftest.py).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from configs import codec as codec_configs
+from telugu_jax.train import checkpointing
+from telugu_jax.train import codec as trainer
+
+TINY = {
+    "discriminator.periods": (2, 3), "discriminator.n_ffts": (256,),
+    "discriminator.period_channels": (2, 2, 2, 2, 2), "discriminator.stft_channels": 2,
+    "codec.num_quantizers": 2, "data.batch_size": 4, "data.crop_samples": 2000,
+    "eval_crop_samples": 4000, "eval_batches": 1, "log_every": 1, "eval_every": 0,
+    "data.eval_folder": "",
+}
+
+
+def tiny_config(**overrides):
+  config = codec_configs.get_config("smoke")
+  with config.unlocked():
+    for key, value in {**TINY, **overrides}.items():
+      *parents, name = key.split(".")
+      node = config
+      for parent in parents:
+        node = node[parent]
+      node[name] = value
+  return config
+
+
+def _flag(value):
+  return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def launch(workdir, env=None, extra=(), **overrides):
+  """Starts `python -m telugu_jax.main` on the tiny config in a subprocess."""
+  flags = [f"--config.{k}={_flag(v)}" for k, v in {**TINY, **overrides}.items()]
+  return subprocess.Popen(
+      [sys.executable, "-m", "telugu_jax.main", "--config=configs/codec.py:smoke",
+       f"--workdir={workdir}", *flags, *extra],
+      cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_checkpoint(workdir, timeout=300):
+  directory = os.path.join(workdir, "checkpoints")
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if os.path.isdir(directory) and any(
+        os.path.exists(os.path.join(directory, d, "commit_success.txt"))
+        for d in os.listdir(directory)):
+      return
+    time.sleep(0.05)
+  raise TimeoutError(f"no checkpoint in {directory}")
+
+
+def final_params(workdir):
+  state, _ = trainer.load_state(str(workdir), tiny_config())
+  return state["gen"]["params"], state["disc"]["params"]
+
+
+def assert_same_params(a, b, rtol=0.0, atol=0.0):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_sigkill_resume_loses_nothing_and_sigterm_saves(tmp_path):
+  total = 16
+  trainer.train_and_evaluate(tiny_config(total_steps=total, checkpoint_every=2),
+                             str(tmp_path / "reference"))
+
+  killed = launch(tmp_path / "killed", total_steps=1000, checkpoint_every=2)
+  wait_for_checkpoint(tmp_path / "killed")
+  killed.kill()  # SIGKILL: no chance to clean up
+  killed.wait()
+  latest = checkpointing.latest_step(str(tmp_path / "killed" / "checkpoints"))
+  assert latest is not None and latest < total, latest
+  trainer.train_and_evaluate(tiny_config(total_steps=total, checkpoint_every=2),
+                             str(tmp_path / "killed"))
+  assert_same_params(final_params(tmp_path / "killed"), final_params(tmp_path / "reference"))
+
+  stopped = launch(tmp_path / "stopped", total_steps=1000, checkpoint_every=1000)
+  for line in stopped.stdout:  # wait until training is under way
+    if line.startswith("step 2/"):
+      break
+  stopped.send_signal(signal.SIGTERM)
+  output = stopped.communicate(timeout=300)[0]
+  assert stopped.returncode == 0, output
+  latest = checkpointing.latest_step(str(tmp_path / "stopped" / "checkpoints"))
+  assert latest is not None and 2 <= latest < 1000
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(tiny_config(total_steps=2, checkpoint_every=2), workdir)
+  with pytest.raises(FloatingPointError,
+                     match=r"non-finite loss at step 3 .* last good checkpoint is step 2"):
+    trainer.train_and_evaluate(
+        tiny_config(total_steps=6, checkpoint_every=1, **{"loss_weights.l1": float("nan")}),
+        workdir)
+  assert checkpointing.latest_step(os.path.join(workdir, "checkpoints")) == 2
+  state, _ = trainer.load_state(workdir, tiny_config())
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["gen"]["params"]))
+
+
+def test_one_device_eight_devices_and_two_hosts_train_alike(tmp_path):
+  """The same run on 1 device, on 8 (one process) and on 2 processes × 2 devices (gloo)."""
+  steps = {"total_steps": 3, "checkpoint_every": 3, "eval_every": 3, "data.batch_size": 8}
+  trainer.train_and_evaluate(tiny_config(**steps), str(tmp_path / "one"))
+  eight = launch(tmp_path / "eight", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+                 **steps)
+  assert eight.wait(timeout=600) == 0, eight.stdout.read()
+  port = 20000 + os.getpid() % 20000
+  hosts = [launch(tmp_path / "hosts", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+                  extra=["--distributed", f"--coordinator_address=127.0.0.1:{port}",
+                         "--num_processes=2", f"--process_id={process_id}"], **steps)
+           for process_id in range(2)]
+  for process in hosts:
+    output = process.communicate(timeout=600)[0]
+    assert process.returncode == 0, output
+
+  reference = read_metrics(tmp_path / "one")
+  assert [r["step"] for r in reference] == [1, 2, 3, 3]
+  for run in ("eight", "hosts"):
+    records = read_metrics(tmp_path / run)
+    assert [r["step"] for r in records] == [r["step"] for r in reference]
+    for a, b in zip(reference, records):
+      for key in ("gen_loss", "disc_loss", "vq", "feature_matching", "val/snr", "val/mel_distance"):
+        if key in a:
+          assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (run, a["step"], key)
+    # A checkpoint written on 8 devices or by 2 hosts restores here, on 1 device.
+    assert_same_params(final_params(tmp_path / run), final_params(tmp_path / "one"),
+                       rtol=1e-4, atol=1e-6)
+
+
+def test_reseed_codes_replaces_only_dead_rows():
+  rng = jax.random.key(0)
+  ema = {"ema_cluster_size": np.array([[5.0, 0.001, 2.0]]),
+         "ema_w": np.ones((1, 3, 2)), "codebooks": np.full((1, 3, 2), 7.0)}
+  residuals = np.arange(12, dtype=np.float32).reshape(1, 2, 3, 2) + 100
+  out = trainer.reseed_codes(rng, ema, residuals, threshold=0.01, reseed_all=False)
+  np.testing.assert_array_equal(out["codebooks"][0, [0, 2]], 7.0)
+  candidates = {tuple(v) for v in residuals.reshape(-1, 2)}
+  assert tuple(np.asarray(out["codebooks"][0, 1])) in candidates
+  np.testing.assert_array_equal(out["ema_w"][0, 1], out["codebooks"][0, 1])
+  np.testing.assert_array_equal(out["ema_cluster_size"], [[5.0, 1.0, 2.0]])
+  everything = trainer.reseed_codes(rng, ema, residuals, threshold=0.0, reseed_all=True)
+  assert all(tuple(v) in candidates for v in np.asarray(everything["codebooks"][0]))
+
+
+def test_bfloat16_compute_trains_close_to_float32():
+  audio = np.random.default_rng(1).standard_normal((4, 2000)).astype(np.float32) * 0.1
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    config = tiny_config(compute_dtype=dtype)
+    state = trainer.init_state(config, jax.random.key(0))
+    _, metrics = jax.jit(trainer.make_train_step(config))(state, audio)
+    losses[dtype] = float(metrics["gen_loss"])
+  assert np.isfinite(losses["bfloat16"])
+  assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.05)
