@@ -3,7 +3,10 @@
     python tools/convert_torch_checkpoint.py --input=best_codec.pt --output=converted/
 
 Accepts the original codec trainer's checkpoints (codec, discriminator, both AdamW states, epoch,
-SNR), a dict with only `codec_state_dict`, or a bare codec state dict. The output is written
+SNR), a dict with only `codec_state_dict`, or a bare codec state dict; and original S2S
+transformer checkpoints (a dict with `model_state`, or the bare state dict), converted to the
+`--variant=original` model (the default: the original's forward, exactly) or the `fixed` one
+(`telugu_jax.models.s2s`). The output is written
 to a temporary directory next to `--output` and renamed into place only when complete: on any
 error nothing is left behind and the exit code is 1.
 
@@ -49,12 +52,15 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--input", required=True, help="the PyTorch checkpoint (.pt)")
   parser.add_argument("--output", required=True, help="the Orbax checkpoint directory to write")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+  parser.add_argument("--variant", choices=("original", "fixed"), default=None,
+                      help="S2S checkpoints only: the model variant to convert to (original)")
   args = parser.parse_args(argv)
 
   import jax
 
   from telugu_jax.convert import torch_checkpoint
   from telugu_jax.convert.codec import CheckpointMismatchError
+  from telugu_jax.convert.s2s import convert_s2s_state_dict, find_s2s_state_dict
   from telugu_jax.train import checkpointing
 
   start = time.perf_counter()
@@ -69,12 +75,22 @@ def main(argv: list[str] | None = None) -> int:
     size = os.path.getsize(args.input)
     print(f"reading {args.input} ({size / 1e6:,.1f} MB)", flush=True)
     checkpoint = torch_checkpoint.load_torch_file(args.input)
-    state, meta = torch_checkpoint.convert(checkpoint)
+    s2s_state_dict = find_s2s_state_dict(checkpoint)
+    if s2s_state_dict is not None:
+      variant = args.variant or "original"
+      state, model = convert_s2s_state_dict(s2s_state_dict, variant)
+      meta = {"task": "s2s", "variant": variant, "model": model, "source": "pytorch", "step": 0}
+      print(f"S2S transformer ({variant} variant): {_count(state['params']):,} parameters, "
+            f"{_count(state['batch_stats']):,} BatchNorm statistics; {model}", flush=True)
+    elif args.variant is not None:
+      raise torch_checkpoint.ConversionError("--variant applies to S2S checkpoints only")
+    else:
+      state, meta = torch_checkpoint.convert(checkpoint)
+      print(describe(state, meta), flush=True)
     del checkpoint
     # Orbax serialises JAX arrays with fewer intermediate copies than numpy views of the
     # memory-mapped input (peak 1.7 GB instead of 2.5 GB for the 785 MB checkpoint).
     state = jax.device_put(state)
-    print(describe(state, meta), flush=True)
     checkpointing.save(partial, int(meta["step"]), state, meta)
     if os.path.exists(output):
       shutil.rmtree(output)
