@@ -1,4 +1,4 @@
-"""The S2S transformer: a Conformer encoder over input codes, a transformer decoder over output codes.
+"""S2S transformer: a Conformer encoder over input codes, a transformer decoder over output codes.
 
 Codes are `[B, Q, T]` integers (Q = `num_quantizers` codec levels); a frame's embedding is the
 concatenation of one `D/Q`-wide embedding per level, plus a speaker/emotion style vector. The
@@ -17,10 +17,11 @@ Two variants share the original's parameter names (`S2SConfig.variant`):
   module's residual added once; LayerScale on each branch output; end-of-speech, start and padding
   ids after the codes (`vocab_size`, `+1`, `+2`); an optional per-level delay pattern; a
   streaming encoder (chunked attention with lookahead in the first layer, causal depthwise conv)
-  whose chunk-by-chunk computation (`S2STransformer.encode_chunk`) equals the masked full forward.
+  whose chunk-by-chunk computation (`S2STransformer.encode_chunks`) equals the masked full forward.
 
-Activations are `[B, T, D]`; attention queries, keys and values `[B, H, T, hd]`. Norms use PyTorch's eps
-1e-5 and GELU is the exact erf form, as in the original.
+Activations are `[B, T, D]`; attention queries, keys and values `[B, H, T, hd]`. Norms use
+PyTorch's eps 1e-5 and GELU is the exact erf form, as in the original. Decoding and streaming
+keep explicit key/value caches (`S2STransformer.init_cache`, `init_encoder_state`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from telugu_jax.models.layers import TORCH_NORM_EPS
 VARIANTS = ("original", "fixed")
 # The original fills masked attention scores with -1e9 (not -inf); fully masked rows stay finite.
 MASK_VALUE = -1e9
+# Caches are read in blocks of this many positions (and sized in multiples of it).
+ATTENTION_BLOCK = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +169,42 @@ def chunk_mask(length: int, chunk_size: int, lookahead: int) -> np.ndarray:
   return np.arange(length)[None, :] < limit[:, None]
 
 
+def round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def prefix_attention(q: jax.Array, k: jax.Array, v: jax.Array, limit: jax.Array) -> jax.Array:
+  """Softmax attention of `q [B, H, Tq, hd]` over a prefix of a cache `k, v [B, H, L, hd]`.
+
+  Query i sees the positions `< limit[:, i]` (`limit [B or 1, Tq]`, at least 1); L is a multiple
+  of `ATTENTION_BLOCK`. Only the blocks below `max(limit)` are read, with an online softmax, so
+  a long, mostly empty cache costs nothing per step, and XLA updates the cache in place (a dot
+  reading the whole cache that the same loop iteration updates makes XLA:CPU copy it).
+  Returns `[B, Tq, H * hd]`.
+  """
+  b, h, tq, hd = q.shape
+  limit = limit[:, None, :, None]  # [B or 1, 1, Tq, 1]
+  q = q / np.sqrt(hd)
+
+  def block(i, carry):
+    running_max, total, acc = carry
+    start = i * ATTENTION_BLOCK
+    kb, vb = (jax.lax.dynamic_slice_in_dim(x, start, ATTENTION_BLOCK, axis=2) for x in (k, v))
+    scores = jnp.einsum("bhqd,bhkd->bhqk", q, kb)
+    scores = jnp.where(start + jnp.arange(ATTENTION_BLOCK) < limit, scores, -jnp.inf)
+    new_max = jnp.maximum(running_max, jnp.max(scores, axis=-1, keepdims=True))
+    probs, rescale = jnp.exp(scores - new_max), jnp.exp(running_max - new_max)
+    return (new_max, total * rescale + jnp.sum(probs, axis=-1, keepdims=True),
+            acc * rescale + jnp.einsum("bhqk,bhkd->bhqd", probs, vb))
+
+  init = (jnp.full((b, h, tq, 1), -jnp.inf, q.dtype), jnp.zeros((b, h, tq, 1), q.dtype),
+          jnp.zeros((b, h, tq, hd), q.dtype))
+  num_blocks = (jnp.max(limit) + ATTENTION_BLOCK - 1) // ATTENTION_BLOCK
+  _, total, acc = jax.lax.fori_loop(0, num_blocks, block, init)
+  out = jnp.swapaxes(acc / total, 1, 2)  # [B, Tq, H, hd]
+  return out.reshape(b, tq, h * hd)
+
+
 def delay_codes(codes: jax.Array, delays: tuple[int, ...], before: int, after: int) -> jax.Array:
   """Shifts level q right by `delays[q]`: `[B, Q, T]` → `[B, Q, T + max(delays)]`.
 
@@ -267,7 +306,7 @@ class BatchNorm1d(nn.Module):
 class DepthwiseConv1d(nn.Module):
   """`Conv1d(C, C, K, groups=C)` on `[B, T, C]` with explicit `(left, right)` zero padding.
 
-  Parameters `kernel [K, C]` (PyTorch's `[C, 1, K]` transposed) and `bias [C]`.
+  Parameters `kernel [K, 1, C]` (PyTorch's `[C, 1, K]` transposed) and `bias [C]`.
   """
 
   kernel_size: int
@@ -302,10 +341,10 @@ class QKVProjection(nn.Module):
 class Attention(nn.Module):
   """Multi-head attention with the original's `qkv` and `out` projections.
 
-  `__call__` is self-attention over a whole sequence; `cached` writes new keys/values into a
-  cache at an absolute index and attends over the cache; `memory`/`cross` are true
-  cross-attention (fixed variant). Rotary positions are applied in self-attention of the fixed
-  variant only.
+  Self-attention: `__call__` over a whole sequence, `cached` for new frames over a key/value
+  cache. True cross-attention (fixed variant): `memory` projects the encoder output to keys and
+  values, `cross` attends to them, `cross_cached` to their cached, block-padded form. Rotary
+  positions are applied in self-attention of the fixed variant only.
   """
 
   config: S2SConfig
@@ -323,11 +362,11 @@ class Attention(nn.Module):
   def _attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
               deterministic: bool) -> jax.Array:
     """q `[B, H, Tq, hd]`, k/v `[B, H, Tk, hd]`, mask broadcastable to `[B, H, Tq, Tk]`."""
-    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k.astype(q.dtype)) / np.sqrt(q.shape[-1])
+    scores = jnp.einsum("bhqd,bhkd->bhqk", q, k) / np.sqrt(q.shape[-1])
     if mask is not None:
       scores = jnp.where(mask, scores, MASK_VALUE)
     probs = self.attn_dropout(jax.nn.softmax(scores, axis=-1), deterministic=deterministic)
-    out = jnp.einsum("bhqk,bhkd->bqhd", probs, v.astype(q.dtype))
+    out = jnp.einsum("bhqk,bhkd->bqhd", probs, v)
     return self.out(out.reshape(*out.shape[:2], -1))
 
   def __call__(self, x: jax.Array, mask: jax.Array | None, deterministic: bool = True) -> jax.Array:
@@ -337,28 +376,33 @@ class Attention(nn.Module):
                         deterministic)
 
   def cached(self, x: jax.Array, cache: dict[str, jax.Array], index: jax.Array,
-             num_keys: jax.Array, num_queries: int | None = None
-             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+             key_limit: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Self-attention of new frames `x [B, T, D]` at positions `index + arange(T)` over a cache.
 
     All T frames' keys/values are written to `cache["k"|"v"] [B, H, L, hd]` at `index`; the first
-    `num_queries` frames (default all) attend over cache positions `< num_keys` (a scalar, or
-    `[B]`). Evaluation only.
+    `Tq` frames attend, query i to the cache positions `< key_limit[:, i]` (`key_limit [B or 1,
+    Tq]`, see `prefix_attention`). Evaluation only. Returns `[B, Tq, D]` and the updated cache.
     """
     positions = index + jnp.arange(x.shape[1])
     q, k, v = self.qkv(x)
     k = self._rotate(k, positions)
-    cache = {name: jax.lax.dynamic_update_slice_in_dim(cache[name], new.astype(cache[name].dtype),
-                                                       index, axis=2)
+    cache = {name: jax.lax.dynamic_update_slice_in_dim(cache[name], new, index, axis=2)
              for name, new in (("k", k), ("v", v))}
-    q = self._rotate(q, positions)[:, :, :num_queries]
-    mask = jnp.arange(cache["k"].shape[2]) < jnp.reshape(num_keys, (-1, 1))  # [B or 1, L]
-    return self._attend(q, cache["k"], cache["v"], mask[:, None, None, :], True), cache
+    q = self._rotate(q, positions)[:, :, :key_limit.shape[-1]]
+    return self.out(prefix_attention(q, cache["k"], cache["v"], key_limit)), cache
 
   def memory(self, memory: jax.Array) -> dict[str, jax.Array]:
     """Cross-attention keys/values `[B, H, S, hd]` of the encoder output `memory [B, S, D]`."""
     k, v = self.qkv(memory, slice(1, 3))
     return {"k": k, "v": v}
+
+  def cross_cached(self, x: jax.Array, memory_kv: dict[str, jax.Array],
+                   memory_lengths: jax.Array) -> jax.Array:
+    """Cross-attention of `x [B, T, D]` over cached memory keys/values (`memory_kv`, padded to
+    whole attention blocks) of `memory_lengths [B]` valid frames. Evaluation only."""
+    (q,) = self.qkv(x, slice(0, 1))
+    limit = jnp.broadcast_to(memory_lengths[:, None], (x.shape[0], x.shape[1]))
+    return self.out(prefix_attention(q, memory_kv["k"], memory_kv["v"], limit))
 
   def cross(self, x: jax.Array, memory_kv: dict[str, jax.Array], memory_mask: jax.Array,
             deterministic: bool = True) -> jax.Array:
@@ -464,15 +508,15 @@ class ConformerLayer(nn.Module):
     return x * self.scales["layer_scale"] if self.config.is_original else x
 
   def stream(self, x: jax.Array, state: dict[str, jax.Array], index: jax.Array,
-             num_keys: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Fixed variant, evaluation: one chunk. `x [B, C + extra, D]` holds the chunk's C frames and
-    `extra` lookahead frames, which only contribute attention keys; the chunk's frames attend to
-    cached positions `< num_keys [B]`. Returns `[B, C, D]` and the new state."""
-    c = self.config.chunk_size
+             key_limit: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Fixed variant, evaluation: a block of frames. `x [B, T + extra, D]` holds T frames
+    and `extra` lookahead frames, which only contribute attention keys; frame i attends to the
+    cached positions `< key_limit[:, i]` (`key_limit [B, T]`). Returns `[B, T, D]`, new state."""
+    t = key_limit.shape[-1]
     x = x + self._scale("ffn1_scale", 0.5 * self.ffn1(x))
     attn, kv = self.self_attn.cached(self.attn_norm(x), {"k": state["k"], "v": state["v"]},
-                                     index, num_keys, num_queries=c)
-    x = x[:, :c] + self._scale("attn_scale", attn)
+                                     index, key_limit)
+    x = x[:, :t] + self._scale("attn_scale", attn)
     conv, history = self.conv.stream(x, state["conv"])
     x = x + self._scale("conv_scale", conv)
     x = x + self._scale("ffn2_scale", 0.5 * self.ffn2(x))
@@ -509,24 +553,26 @@ class DecoderLayer(nn.Module):
   def memory(self, memory: jax.Array) -> dict[str, jax.Array]:
     return self.cross_attn.memory(memory)
 
-  def step(self, x: jax.Array, cache: dict[str, Any], index: jax.Array, memory_mask: jax.Array
-           ) -> tuple[jax.Array, dict[str, Any]]:
+  def step(self, x: jax.Array, cache: dict[str, Any], index: jax.Array,
+           memory_lengths: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
     """One frame `x [B, 1, D]` at decoder position `index`, evaluation.
 
     `cache`: `{"self": {"k", "v"} [B, H, L, hd], "memory": {"k", "v"} [B, H, S, hd]}` (no
     "memory" in the original, whose per-frame "cross-attention" sees only the current frame).
     """
-    attn, self_kv = self.self_attn.cached(self.ln1(x), cache["self"], index, index + 1)
+    attn, self_kv = self.self_attn.cached(self.ln1(x), cache["self"], index,
+                                          jnp.reshape(index + 1, (1, 1)))
     x = x + attn
     if self.config.is_original:
       x = x + self.cross_attn(self.ln2(x), None)
     else:
-      x = x + self.cross_attn.cross(self.ln2(x), cache["memory"], memory_mask)
+      x = x + self.cross_attn.cross_cached(self.ln2(x), cache["memory"], memory_lengths)
     return x + self.ffn(self.ln3(x)), {**cache, "self": self_kv}
 
 
 class StyleEmbedding(nn.Module):
-  """`style_mix(concat(emotion_embed, speaker_embed))`, `style_mix = Linear → LN → GELU → Dropout`."""
+  """`style_mix(concat(emotion_embed, speaker_embed))` with `style_mix` = Linear → LayerNorm →
+  GELU → Dropout (here `mix`, `mix_norm`); `[B, D]`."""
 
   config: S2SConfig
 
@@ -547,7 +593,7 @@ class S2STransformer(nn.Module):
   Entry points (call with `model.apply(variables, ..., method=...)`):
     `__call__`: teacher-forced logits from input codes and decoder-input codes.
     `style`, `encode`, `decode`: the pieces of `__call__`.
-    `encode_chunk`: one chunk of the streaming encoder (fixed variant).
+    `encode_chunks`: one step of the streaming encoder (fixed variant).
     `init_cache`, `decode_step`: single-frame decoding over an explicit KV cache.
   """
 
@@ -602,36 +648,36 @@ class S2STransformer(nn.Module):
         x = layer(x, attn_mask, frame_mask, deterministic)
     return self.encoder_norm(x), frame_mask
 
-  def encode_chunk(self, chunk_codes: jax.Array, style: jax.Array, state: dict[str, Any],
-                   available: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
-    """One step of the streaming encoder (fixed variant, evaluation).
+  def encode_chunks(self, codes: jax.Array, style: jax.Array, state: dict[str, Any],
+                    available: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+    """One step of the streaming encoder (fixed variant, evaluation): n whole chunks.
 
     Args:
-      chunk_codes: `[B, Q, C + lookahead]`: the next C = `chunk_size` frames of the stream, then
-        the lookahead frames of the chunk after.
+      codes: `[B, Q, n * C + lookahead]`: the next n chunks of C = `chunk_size` frames of the
+        stream, then the lookahead frames of the chunk after them.
       style: `[B, D]`.
       state: from `init_encoder_state`; `state["index"]` counts the frames encoded so far.
       available: `[B]` (or a scalar): how many frames of each stream exist, counted from its
-        start; frames of `chunk_codes` at or beyond it are ignored. A chunk needs
-        `available >= index + C + lookahead` unless the stream ends within its window, and a
-        chunk with fewer than C real frames must be a stream's last.
+        start; frames of `codes` at or beyond it are ignored. A step needs
+        `available >= index + n * C + lookahead` unless the stream ends within its window, and a
+        step with fewer than `n * C` real frames must be a stream's last.
     Returns:
-      The encoder output of the chunk's C frames `[B, C, D]` and the new state. Running the chunks
-      in order reproduces `encode` of the whole (masked) sequence.
+      The encoder output of the n chunks' frames `[B, n * C, D]` and the new state. Running the
+      steps in order, with any n, reproduces `encode` of the whole (masked) sequence.
     """
     c = self.config
-    x = self._embed(chunk_codes, style)
+    x = self._embed(codes, style)
     index = state["index"]
-    available = jnp.asarray(available)
+    positions = index + jnp.arange(codes.shape[-1] - c.lookahead)
+    chunk_end = (positions // c.chunk_size + 1) * c.chunk_size  # [n * C]
+    available = jnp.reshape(available, (-1, 1))
     layers = []
     for i, layer in enumerate(self.encoder_layers):
-      if i == 0:
-        num_keys = jnp.minimum(index + c.chunk_size + c.lookahead, available)
-      else:
-        num_keys = jnp.minimum(index + c.chunk_size, available)
-      x, layer_state = layer.stream(x, state["layers"][i], index, num_keys)
+      lookahead = c.lookahead if i == 0 else 0
+      key_limit = jnp.maximum(jnp.minimum(chunk_end + lookahead, available), 1)  # [B, n * C]
+      x, layer_state = layer.stream(x, state["layers"][i], index, key_limit)
       layers.append(layer_state)
-    return self.encoder_norm(x), {"index": index + c.chunk_size, "layers": layers}
+    return self.encoder_norm(x), {"index": index + positions.shape[0], "layers": layers}
 
   def decode(self, decoder_input: jax.Array, style: jax.Array, memory: jax.Array,
              memory_mask: jax.Array | None, deterministic: bool = True) -> jax.Array:
@@ -649,19 +695,27 @@ class S2STransformer(nn.Module):
     return self.decode(decoder_input, style, memory, memory_mask, deterministic)
 
   def init_cache(self, style: jax.Array, memory: jax.Array, memory_mask: jax.Array,
-                 length: int, dtype: Any = jnp.float32) -> dict[str, Any]:
-    """The decoding cache for up to `length` steps: style `[B, D]`, the memory mask `[B, S]`
-    and per layer the (empty) self-attention keys/values `[B, H, length, hd]` and, in the fixed
-    variant, the cross-attention keys/values of the encoder output."""
+                 length: int) -> dict[str, Any]:
+    """The decoding cache for up to `length` steps.
+
+    Holds the style `[B, D]`, the number of valid memory frames `[B]` (the memory mask
+    `[B, S]` marks a right-padded prefix), and per decoder layer the (empty) self-attention keys
+    and values `[B, H, L, hd]` and, in the fixed variant, the cross-attention keys and values of
+    the encoder output `memory [B, S, D]`; cached lengths are rounded up to whole
+    `ATTENTION_BLOCK`s.
+    """
     c = self.config
-    shape = (style.shape[0], c.num_heads, length, c.head_dim)
+    shape = (style.shape[0], c.num_heads, round_up(length, ATTENTION_BLOCK), c.head_dim)
+    pad = [(0, 0), (0, 0), (0, round_up(memory.shape[1], ATTENTION_BLOCK) - memory.shape[1]),
+           (0, 0)]
     layers = []
     for layer in self.decoder_layers:
-      cache = {"self": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}}
+      cache = {"self": {"k": jnp.zeros(shape), "v": jnp.zeros(shape)}}
       if not c.is_original:
-        cache["memory"] = jax.tree.map(lambda a: a.astype(dtype), layer.memory(memory))
+        cache["memory"] = {name: jnp.pad(x, pad) for name, x in layer.memory(memory).items()}
       layers.append(cache)
-    return {"style": style, "memory_mask": memory_mask, "layers": layers}
+    return {"style": style, "memory_lengths": jnp.sum(memory_mask, axis=-1, dtype=jnp.int32),
+            "layers": layers}
 
   def decode_step(self, tokens: jax.Array, cache: dict[str, Any], index: jax.Array
                   ) -> tuple[jax.Array, dict[str, Any]]:
@@ -669,23 +723,23 @@ class S2STransformer(nn.Module):
     x = self._embed(tokens[:, :, None], cache["style"])
     layers = []
     for layer, layer_cache in zip(self.decoder_layers, cache["layers"]):
-      x, layer_cache = layer.step(x, layer_cache, index, cache["memory_mask"])
+      x, layer_cache = layer.step(x, layer_cache, index, cache["memory_lengths"])
       layers.append(layer_cache)
     return self._heads(x)[:, :, 0], {**cache, "layers": layers}
 
 
-def init_encoder_state(config: S2SConfig, batch: int, capacity: int,
-                       dtype: Any = jnp.float32) -> dict[str, Any]:
-  """Empty streaming-encoder state for streams of up to `capacity` frames (see `encode_chunk`).
+def init_encoder_state(config: S2SConfig, batch: int, capacity: int) -> dict[str, Any]:
+  """Empty streaming-encoder state for streams of up to `capacity` frames (see
+  `encode_chunks`; with n chunks per step, round `capacity` up to a multiple of n chunks).
 
-  Per layer: keys/values `[B, H, L, hd]`, with `L` the capacity rounded up to whole chunks plus
-  room for the last chunk's lookahead frames, and the depthwise conv's history `[B, K - 1, E]`.
+  Per layer: keys/values `[B, H, L, hd]`, with `L` the capacity rounded up to whole chunks, plus
+  room for the last chunk's lookahead frames, rounded up to whole `ATTENTION_BLOCK`s; and the
+  depthwise conv's history `[B, K - 1, E]`.
   """
   c = config
-  length = -(-capacity // c.chunk_size) * c.chunk_size + c.lookahead
+  length = round_up(round_up(capacity, c.chunk_size) + c.lookahead, ATTENTION_BLOCK)
   kv = (batch, c.num_heads, length, c.head_dim)
   history = (batch, c.conv_kernel_size - 1, c.conv_expansion * c.hidden_dim)
-  layer = lambda: {"k": jnp.zeros(kv, dtype), "v": jnp.zeros(kv, dtype),
-                   "conv": jnp.zeros(history, jnp.float32)}
+  layer = lambda: {"k": jnp.zeros(kv), "v": jnp.zeros(kv), "conv": jnp.zeros(history)}
   return {"index": jnp.zeros((), jnp.int32),
           "layers": [layer() for _ in range(c.num_encoder_layers)]}

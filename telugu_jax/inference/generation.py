@@ -1,0 +1,223 @@
+"""Autoregressive S2S generation over an explicit KV-cache pytree.
+
+- `init_state` encodes the input (the fixed variant through the streaming encoder, blocks of
+  chunks under `lax.scan`, so memory grows linearly with the input) and builds the decoding state.
+- `step` decodes one frame: the model's single-frame forward over the cache, sampling
+  (temperature, top-k, top-p; temperature 0 is greedy), and the delay-pattern and end-of-speech
+  bookkeeping. It is jit-compiled once per shape and updates the state in place (donated).
+- `generate` runs `step` in a `lax.while_loop` until every sequence has ended or `max_frames`.
+- `stream` is a Python generator that runs the same `step` and yields each frame as soon as all
+  its levels exist (after `max_delay` more steps with a delay pattern).
+
+State pytree (B batch, Q levels, L = max_frames + max_delay decoder steps):
+  cache: from `S2STransformer.init_cache`: per decoder layer the self-attention keys/values
+    `[B, H, L', hd]` (L rounded up to whole attention blocks) and, in the fixed variant, the
+    encoder output's cross-attention keys/values.
+  tokens: `[B, Q]` decoder input of the next step. index: `[]` steps done.
+  lengths: `[B]` frames per sequence: `max_frames` until level 0 samples end-of-speech.
+  buffer: `[B, Q, L]` the fed-back tokens, i.e. the delayed output. key: the sampling key.
+
+The original variant has no end token and runs `max_frames`; its per-frame "cross-attention" sees
+only the current frame (its cache holds the self-attention keys/values alone).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from telugu_jax.models.s2s import S2STransformer, init_encoder_state, round_up, undelay
+
+Variables = dict[str, Any]
+State = dict[str, Any]
+
+
+class Sampling(NamedTuple):
+  """Sampling settings as arrays, so that changing them does not recompile."""
+  temperature: jax.Array  # [] float32; 0 means greedy (argmax)
+  top_k: jax.Array  # [] int32; 0 means no top-k cut
+  top_p: jax.Array  # [] float32; 1 means no nucleus cut
+
+  @classmethod
+  def make(cls, temperature: float = 0.8, top_k: int = 0, top_p: float = 0.95) -> Sampling:
+    if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
+      raise ValueError("need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
+    return cls(jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))
+
+
+def _largest_passing(predicate, num_bits: int, shape: tuple[int, ...]) -> jax.Array:
+  """The largest int32 `t` in `[0, 2^num_bits)` with `predicate(t)` true, elementwise over
+  `shape`, for a predicate that holds at 0 and is monotone (true up to some `t`, then false)."""
+
+  def halve(_, bounds):
+    lo, hi = bounds
+    mid = lo + (hi - lo) // 2
+    ok = predicate(mid)
+    return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+  lo, hi = jnp.zeros(shape, jnp.int32), jnp.full(shape, 2 ** num_bits, jnp.int32)
+  return jax.lax.fori_loop(0, num_bits, halve, (lo, hi))[0]
+
+
+def sample_logits(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
+  """Samples `[..., V]` logits → int32 `[...]`, or takes the argmax at temperature 0.
+
+  The logits are divided by the temperature; the top-k cut keeps the k most probable classes,
+  then the nucleus (top-p) cut keeps the most probable of those whose renormalised probability
+  mass reaches p (the most probable class is always kept). Both cuts are thresholds found by
+  bisection on the bit patterns of the probabilities (which order non-negative floats), exact up
+  to ties and much cheaper than sorting on CPU.
+  """
+
+  def draw(logits):
+    scaled = logits / sampling.temperature
+    probs = jax.nn.softmax(scaled, axis=-1)
+    bits = jax.lax.bitcast_convert_type(probs, jnp.int32)  # [..., V]; 1.0 is below 2^30
+    rows = probs.shape[:-1]
+    no_cut = lambda: jnp.zeros(rows, jnp.int32)
+    k_cut = jax.lax.cond(sampling.top_k > 0, lambda: _largest_passing(
+        lambda t: jnp.sum(bits >= t[..., None], -1) >= sampling.top_k, 30, rows), no_cut)
+    kept = jnp.where(bits >= k_cut[..., None], probs, 0.0)
+    mass = sampling.top_p * jnp.sum(kept, axis=-1)
+    p_cut = jax.lax.cond(sampling.top_p < 1, lambda: _largest_passing(
+        lambda t: jnp.sum(jnp.where(bits >= t[..., None], kept, 0.0), -1) >= mass, 30, rows),
+        no_cut)
+    keep = bits >= jnp.maximum(k_cut, p_cut)[..., None]
+    return jax.random.categorical(key, jnp.where(keep, scaled, -jnp.inf))
+
+  logits = logits.astype(jnp.float32)
+  return jax.lax.cond(sampling.temperature > 0, draw, lambda l: jnp.argmax(l, -1),
+                      logits).astype(jnp.int32)
+
+
+def encode_in_chunks(model: S2STransformer, variables: Variables, input_codes: jax.Array,
+                     style: jax.Array, block_chunks: int = 10) -> tuple[jax.Array, jax.Array]:
+  """Fixed variant: the encoder output `[B, S, D]` and frame mask `[B, S]` computed by the
+  streaming encoder, `block_chunks` chunks per step under `lax.scan` (memory linear in S; each
+  step reads the weights once for `block_chunks * chunk_size` frames). Input frames equal to the
+  padding id end a sequence."""
+  c = model.config
+  b, q, s = input_codes.shape
+  block = min(block_chunks, round_up(s, c.chunk_size) // c.chunk_size) * c.chunk_size
+  num_blocks = round_up(s, block) // block
+  lengths = jnp.sum(input_codes[:, 0] != c.pad_id, axis=-1)  # right padding
+  padded = jnp.pad(input_codes, ((0, 0), (0, 0), (0, (num_blocks + 1) * block - s)),
+                   constant_values=c.pad_id).reshape(b, q, num_blocks + 1, block)
+  blocks = jnp.concatenate([padded[:, :, :-1], padded[:, :, 1:, :c.lookahead]], axis=-1)
+  blocks = jnp.moveaxis(blocks, 2, 0)  # [N, B, Q, block + lookahead]: frames and lookahead
+
+  def body(state, codes):
+    out, state = model.apply(variables, codes, style, state, lengths, method="encode_chunks")
+    return state, out
+
+  _, outputs = jax.lax.scan(body, init_encoder_state(c, b, num_blocks * block), blocks)
+  memory = jnp.moveaxis(outputs, 0, 1).reshape(b, num_blocks * block, -1)[:, :s]
+  return memory, jnp.arange(s)[None, :] < lengths[:, None]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_frames"))
+def init_state(model: S2STransformer, variables: Variables, input_codes: jax.Array,
+               speaker: jax.Array, emotion: jax.Array, seed: jax.Array, max_frames: int) -> State:
+  """Encodes `input_codes [B, Q, S]` and returns the decoding state for up to `max_frames`."""
+  c = model.config
+  style = model.apply(variables, speaker, emotion, method="style")
+  if c.is_original:  # the original decoder never reads the encoder output
+    memory = jnp.zeros((*input_codes.shape[::2], c.hidden_dim))
+    memory_mask = jnp.ones(memory.shape[:2], bool)
+  else:
+    memory, memory_mask = encode_in_chunks(model, variables, input_codes, style)
+  steps = max_frames + c.max_delay
+  b = input_codes.shape[0]
+  return {
+      "cache": model.apply(variables, style, memory, memory_mask, steps, method="init_cache"),
+      "tokens": jnp.full((b, c.num_quantizers), c.start_id, jnp.int32),
+      "index": jnp.zeros((), jnp.int32),
+      "lengths": jnp.full((b,), max_frames, jnp.int32),
+      "buffer": jnp.full((b, c.num_quantizers, steps), c.pad_id, jnp.int32),
+      "key": jax.random.key(seed),
+  }
+
+
+def _step(model: S2STransformer, variables: Variables, state: State, sampling: Sampling) -> State:
+  c = model.config
+  t = state["index"]
+  logits, cache = model.apply(variables, state["tokens"], state["cache"], t,
+                              method="decode_step")  # [B, Q, V]
+  lengths = state["lengths"]
+  if c.is_original:
+    tokens = sample_logits(logits, jax.random.fold_in(state["key"], t), sampling)
+  else:
+    logits = logits.at[:, 1:, c.eos_id].set(-jnp.inf)  # only level 0 decides the end
+    sampled = sample_logits(logits, jax.random.fold_in(state["key"], t), sampling)
+    lengths = jnp.where((sampled[:, 0] == c.eos_id) & (t < lengths), t, lengths)
+    frame = t - jnp.asarray(c.level_delays)[None, :]  # [1, Q] frame carried by each level
+    length = lengths[:, None]
+    tokens = jnp.where(frame < 0, c.start_id,
+                       jnp.where(frame == length, c.eos_id,
+                                 jnp.where(frame > length, c.pad_id, sampled)))
+  buffer = jax.lax.dynamic_update_slice_in_dim(state["buffer"], tokens[:, :, None], t, axis=2)
+  return {**state, "cache": cache, "tokens": tokens, "index": t + 1, "lengths": lengths,
+          "buffer": buffer}
+
+
+@functools.partial(jax.jit, static_argnames="model", donate_argnames="state")
+def step(model: S2STransformer, variables: Variables, state: State, sampling: Sampling) -> State:
+  """Decodes one frame (jitted; `state` is donated and updated in place)."""
+  return _step(model, variables, state, sampling)
+
+
+def _finished(model: S2STransformer, state: State) -> jax.Array:
+  return jnp.all(state["index"] >= state["lengths"] + model.config.max_delay)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_frames"))
+def generate(model: S2STransformer, variables: Variables, input_codes: jax.Array,
+             speaker: jax.Array, emotion: jax.Array, sampling: Sampling, seed: jax.Array,
+             max_frames: int) -> tuple[jax.Array, jax.Array]:
+  """Generates up to `max_frames` frames in one compiled `lax.while_loop`.
+
+  Returns:
+    codes `[B, Q, max_frames]` int32 (frames at or after a sequence's length hold the padding
+    id in the fixed variant) and lengths `[B]` int32.
+  """
+  c = model.config
+  state = init_state(model, variables, input_codes, speaker, emotion, seed, max_frames)
+  state = jax.lax.while_loop(lambda s: ~_finished(model, s),
+                             lambda s: _step(model, variables, s, sampling), state)
+  codes = undelay(state["buffer"], c.level_delays)
+  if not c.is_original:
+    codes = jnp.where(jnp.arange(max_frames) < state["lengths"][:, None, None], codes, c.pad_id)
+  return codes, state["lengths"]
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def _frame(model: S2STransformer, state: State, frame: jax.Array) -> jax.Array:
+  """Frame `frame` of every sequence `[B, Q]` from the delayed buffer (padding id once ended)."""
+  c = model.config
+  codes = jnp.stack([jax.lax.dynamic_index_in_dim(state["buffer"][:, q], frame + d, axis=1,
+                                                  keepdims=False)
+                     for q, d in enumerate(c.level_delays)], axis=1)
+  return jnp.where(frame < state["lengths"][:, None], codes, c.pad_id)
+
+
+def stream(model: S2STransformer, variables: Variables, input_codes: jax.Array,
+           speaker: jax.Array, emotion: jax.Array, sampling: Sampling, seed: jax.Array,
+           max_frames: int) -> Iterator[np.ndarray]:
+  """Yields frames `[B, Q]` (numpy int32) as they are produced, with the same sampling as
+  `generate` (same seed, same codes); stops when every sequence has ended. A sequence that ended
+  earlier than others yields padding-id frames."""
+  state = init_state(model, variables, input_codes, speaker, emotion, seed, max_frames)
+  max_delay = model.config.max_delay
+  for t in range(max_frames + max_delay):
+    state = step(model, variables, state, sampling)
+    frame = t - max_delay
+    if frame < 0:
+      continue
+    if frame >= int(np.max(state["lengths"])):
+      return
+    yield np.asarray(_frame(model, state, frame))

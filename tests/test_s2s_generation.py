@@ -1,0 +1,147 @@
+"""Generation: the sampler, the while-loop generator against teacher forcing, end-of-speech with a
+delay pattern, the streaming generator and compilation once per shape."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from telugu_jax.inference import generation
+from telugu_jax.models.s2s import teacher_forcing, undelay
+from test_s2s_model import TINY, random_codes, random_variables
+
+GREEDY = generation.Sampling.make(temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return random_variables(TINY, seed=3)
+
+
+def with_eos_bias(variables, shift: float, level: int = 0):
+  """Adds `shift` to the end-of-speech logit of one level's head."""
+  params = jax.tree.map(lambda x: x, variables["params"])
+  head = params[f"output_heads_{level}"]
+  head["bias"] = jnp.asarray(head["bias"]).at[TINY.eos_id].add(shift)
+  return {**variables, "params": params}
+
+
+def run(model, variables, inputs, sampling=GREEDY, seed=0, max_frames=12):
+  speaker = jnp.zeros(inputs.shape[0], jnp.int32)
+  return generation.generate(model, variables, inputs, speaker, speaker, sampling,
+                             jnp.int32(seed), max_frames=max_frames)
+
+
+def stream(model, variables, inputs, sampling=GREEDY, seed=0, max_frames=12):
+  speaker = jnp.zeros(inputs.shape[0], jnp.int32)
+  return generation.stream(model, variables, inputs, speaker, speaker, sampling, jnp.int32(seed),
+                           max_frames=max_frames)
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def teacher_forced_logits(model, variables, inputs, targets):
+  speaker = jnp.zeros(inputs.shape[0], jnp.int32)
+  batch = teacher_forcing(model.config, targets)
+  return model.apply(variables, inputs, batch.decoder_input, speaker, speaker)
+
+
+def test_sampler_cuts():
+  logits = jnp.log(jnp.array([0.05, 0.5, 0.15, 0.3]))
+  keys = jax.random.split(jax.random.key(0), 4000)
+
+  @jax.jit
+  def draw(temperature, top_k, top_p):
+    sampling = generation.Sampling(jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p))
+    return jax.vmap(lambda k: generation.sample_logits(logits, k, sampling))(keys)
+
+  counts = lambda x: np.bincount(np.asarray(x), minlength=4) / len(x)
+  np.testing.assert_array_equal(draw(0.0, 0, 1.0), 1)  # greedy
+  np.testing.assert_array_equal(draw(1.0, 1, 1.0), 1)  # top-1
+  np.testing.assert_array_equal(draw(1.0, 0, 1e-3), 1)  # tiny nucleus
+  np.testing.assert_allclose(counts(draw(1.0, 0, 1.0)), [0.05, 0.5, 0.15, 0.3], atol=0.03)
+  np.testing.assert_allclose(counts(draw(1.0, 2, 1.0)), [0, 0.625, 0, 0.375], atol=0.03)
+  # Nucleus 0.7: 0.5 alone is short of it, 0.5 + 0.3 reaches it; the rest is cut.
+  np.testing.assert_allclose(counts(draw(1.0, 0, 0.7)), [0, 0.625, 0, 0.375], atol=0.03)
+  # Top-2 first ({0.5, 0.3}), then the nucleus over the renormalised 0.625 / 0.375: 0.625 >= 0.6.
+  np.testing.assert_array_equal(draw(1.0, 2, 0.6), 1)
+  sharp = counts(draw(0.5, 0, 1.0))  # temperature 0.5 squares the probabilities
+  np.testing.assert_allclose(sharp, np.array([0.05, 0.5, 0.15, 0.3]) ** 2 / 0.365, atol=0.03)
+  with pytest.raises(ValueError):
+    generation.Sampling.make(top_p=0.0)
+
+
+def test_greedy_generation_follows_teacher_forcing_and_stops_at_end_of_speech(tiny):
+  """With end-of-speech disabled, greedy codes are the teacher-forced argmax of themselves.
+  Raising the end-of-speech bias so that it first wins at step k must stop there: k frames, the
+  same codes where they were decided by then, padding after, although the delay pattern needs
+  max_delay more steps to complete the last frames."""
+  model, variables = tiny
+  c = model.config
+  no_end = with_eos_bias(variables, -100.0)
+  # margin[t]: how far end-of-speech (at its own bias) is below the best code at step t. Raising
+  # its bias by s stops generation at the first t with margin[t] < s. Take an input for which
+  # that can happen first at a step k >= 3.
+  for seed in range(20):
+    inputs = random_codes(c, (1, 8, 17), seed)
+    codes, lengths = run(model, no_end, inputs)
+    logits = teacher_forced_logits(model, no_end, inputs, codes)  # [1, 8, 12 + 1 + delay, 33]
+    level0 = logits[0, 0, :12]  # level 0 has no delay: step t predicts frame t
+    margin = np.asarray(jnp.max(level0[:, :c.vocab_size], -1) - (level0[:, c.eos_id] + 100.0))
+    candidates = [t for t in range(3, 10) if margin[t] < margin[:t].min()]
+    if candidates:
+      break
+  k = candidates[-1]
+  assert int(lengths[0]) == 12 and codes.shape == (1, 8, 12)
+  assert codes.max() < c.vocab_size
+  code_logits = undelay(logits, c.level_delays)[:, :, :12, :c.vocab_size]
+  np.testing.assert_array_equal(jnp.argmax(code_logits, -1), codes)
+
+  stopping = with_eos_bias(variables, (margin[k] + margin[:k].min()) / 2)
+  codes_k, lengths_k = run(model, stopping, inputs)
+  assert int(lengths_k[0]) == k
+  # Codes decided up to step k (frame f of level q is decided at step f + delays[q]) are the same;
+  # later steps see end-of-speech in their input instead of a code, so may differ.
+  decided = np.arange(k)[None, :] + np.array(c.level_delays)[:, None] <= k  # [Q, k]
+  np.testing.assert_array_equal(codes_k[0, :, :k][decided], codes[0, :, :k][decided])
+  assert (~decided).any() and codes_k[:, :, :k].max() < c.vocab_size
+  np.testing.assert_array_equal(codes_k[:, :, k:], c.pad_id)
+  frames = list(stream(model, stopping, inputs))
+  assert len(frames) == k
+
+  # End-of-speech belongs to level 0: other levels never emit it, however likely.
+  codes_other, _ = run(model, with_eos_bias(no_end, 1e4, level=3), inputs)
+  np.testing.assert_array_equal(codes_other, codes)
+
+
+def test_stream_yields_the_generated_frames(tiny):
+  model, variables = tiny
+  c = model.config
+  inputs = random_codes(c, (2, 8, 15), 8)
+  inputs = inputs.at[1, :, 9:].set(c.pad_id)
+  variables = with_eos_bias(variables, 2.5)  # make end-of-speech likely within 12 frames
+  sampling = generation.Sampling.make(temperature=1.0, top_k=20, top_p=0.9)
+  codes, lengths = run(model, variables, inputs, sampling, seed=5)
+  frames = list(stream(model, variables, inputs, sampling, seed=5))
+  assert len(frames) == int(lengths.max())
+  assert 0 < min(lengths) < max(lengths)  # sequences end at different frames (these seeds)
+  np.testing.assert_array_equal(np.stack(frames, axis=-1), codes[:, :, :len(frames)])
+  again, _ = run(model, variables, inputs, sampling, seed=5)
+  other, _ = run(model, variables, inputs, sampling, seed=6)
+  np.testing.assert_array_equal(again, codes)
+  assert (np.asarray(other) != np.asarray(codes)).any()
+
+
+def test_long_context_compiles_the_step_once(tiny):
+  """A 12,000-frame input and a 12,000-frame cache: the jitted step compiles once for the shape
+  and then runs frame after frame without recompiling."""
+  model, variables = tiny
+  inputs = random_codes(model.config, (1, 8, 12_000), 9)
+  frames = stream(model, variables, inputs, max_frames=12_000)
+  next(frames)
+  compiled = generation.step._cache_size()
+  for _ in range(5):
+    next(frames)
+  assert generation.step._cache_size() == compiled
+  frames.close()

@@ -1,0 +1,251 @@
+"""The fixed S2S variant's invariants: causality, true cross-attention, streaming encoder, rotary
+positions, cached decoding, the delay pattern and teacher forcing; plus configs/s2s.py."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import relative_error
+
+from configs import s2s as s2s_configs
+from telugu_jax.inference import generation
+from telugu_jax.models.s2s import (S2SConfig, S2STransformer, chunk_mask, delay_codes,
+                                   init_encoder_state, rotary, teacher_forcing, undelay)
+
+TOL = 1e-4
+TINY = S2SConfig(hidden_dim=64, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
+                 ffn_dim=128, conv_kernel_size=7, vocab_size=32, chunk_size=5, lookahead=2,
+                 delays=(0, 1, 1, 2, 1, 1, 1, 1))
+
+
+def random_variables(config: S2SConfig, seed: int = 0):
+  """The model and random variables (traced shapes, numpy values: no compilation): kernels and
+  embeddings scaled by fan-in, LayerScale at 1 and non-trivial norm parameters and BatchNorm
+  statistics, so that every branch matters in the comparisons."""
+  model = S2STransformer(config)
+  codes = jnp.zeros((1, config.num_quantizers, 4), jnp.int32)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), codes, codes,
+                          jnp.zeros(1, jnp.int32), jnp.zeros(1, jnp.int32))
+  rng = np.random.default_rng(seed)
+
+  def value(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("_scale']"):
+      return np.ones(leaf.shape, np.float32)
+    if name.endswith("['scale']") or name.endswith("['var']"):
+      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+    if name.endswith("['bias']") or name.endswith("['mean']"):
+      return rng.uniform(-0.2, 0.2, leaf.shape).astype(np.float32)
+    fan_in = 1 if name.endswith("['embedding']") else np.prod(leaf.shape[:-1]) // (
+        3 if "qkv" in name else 1)
+    return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+
+  return model, jax.tree_util.tree_map_with_path(value, shapes)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return random_variables(TINY)
+
+
+def random_codes(config, shape, seed):
+  return jnp.asarray(np.random.default_rng(seed).integers(0, config.vocab_size, shape), jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def encode(model, variables, codes, speaker):
+  style = model.apply(variables, speaker, speaker, method="style")
+  return model.apply(variables, codes, style, method="encode")
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def forward(model, variables, codes, decoder_input):
+  speaker = jnp.zeros(codes.shape[0], jnp.int32)
+  return model.apply(variables, codes, decoder_input, speaker, speaker)
+
+
+def test_streaming_encoder_matches_masked_full_forward(tiny):
+  """Chunk by chunk (and several chunks per step; lookahead frames read ahead; a short last
+  chunk) equals the full forward under the chunk mask, for two streams of different lengths."""
+  model, variables = tiny
+  c = model.config
+  lengths = np.array([23, 16])
+  codes = random_codes(c, (2, 8, 23), 0)
+  codes = jnp.where(jnp.arange(23) < lengths[:, None, None], codes, c.pad_id)
+  speaker = jnp.array([1, 2])
+  full, mask = encode(model, variables, codes, speaker)
+  np.testing.assert_array_equal(mask, np.arange(23)[None] < lengths[:, None])
+
+  style = model.apply(variables, speaker, speaker, method="style")
+  step = jax.jit(functools.partial(model.apply, method="encode_chunks"))
+  state = init_encoder_state(c, 2, 25)
+  padded = jnp.pad(codes, ((0, 0), (0, 0), (0, 25 + c.lookahead - 23)), constant_values=c.pad_id)
+  outputs = []
+  for start, n in ((0, 1), (5, 1), (10, 2), (20, 1)):  # chunk by chunk, then two at once
+    window = padded[..., start:start + n * c.chunk_size + c.lookahead]
+    out, state = step(variables, window, style, state, jnp.asarray(lengths))
+    outputs.append(out)
+  streamed = jnp.concatenate(outputs, axis=1)[:, :23]
+  blocked, blocked_mask = generation.encode_in_chunks(model, variables, codes, style,
+                                                      block_chunks=3)
+  np.testing.assert_array_equal(blocked_mask, mask)
+  for b, n in enumerate(lengths):
+    assert relative_error(streamed[b, :n], full[b, :n]) < TOL
+    assert relative_error(blocked[b, :n], full[b, :n]) < TOL
+
+
+def test_encoder_looks_ahead_lookahead_frames_and_no_further(tiny):
+  """Changing input frame j changes encoder frame i < j only if j < end of i's chunk + lookahead:
+  the lookahead does not compound over layers."""
+  model, variables = tiny
+  c = model.config
+  codes = random_codes(c, (1, 8, 30), 1)
+  base, _ = encode(model, variables, codes, jnp.array([0]))
+  j = 21
+  changed, _ = encode(model, variables, codes.at[:, :, j].set((codes[:, :, j] + 1) % 32),
+                      jnp.array([0]))
+  differs = np.abs(np.asarray(changed - base)).max(-1)[0] > 1e-5
+  visible = chunk_mask(30, c.chunk_size, c.lookahead)[:, j]
+  np.testing.assert_array_equal(differs[:j], visible[:j])  # frames 15 to 20
+  assert differs[j:].all()
+
+
+def test_decoder_is_causal_and_reads_the_encoder(tiny):
+  model, variables = tiny
+  c = model.config
+  codes = random_codes(c, (1, 8, 12), 2)
+  decoder_input = teacher_forcing(c, random_codes(c, (1, 8, 9), 3)).decoder_input  # [1, 8, 12]
+  logits = forward(model, variables, codes, decoder_input)
+  t = 6
+  later = forward(model, variables, codes, decoder_input.at[:, :, t:].set(4))
+  np.testing.assert_allclose(later[:, :, :t], logits[:, :, :t], atol=1e-5)
+  assert np.abs(np.asarray(later[:, :, t:] - logits[:, :, t:])).max() > 1e-3
+  other_input = forward(model, variables, (codes + 1) % 32, decoder_input)
+  assert np.abs(np.asarray(other_input - logits)).max() > 1e-3
+
+
+def test_original_variant_keeps_its_defects():
+  """original: teacher forcing sees the future and the encoder output is never read."""
+  model, variables = random_variables(dataclasses.replace(TINY, variant="original", delays=()))
+  codes = random_codes(model.config, (1, 8, 12), 2)
+  decoder_input = random_codes(model.config, (1, 8, 9), 3)
+  logits = forward(model, variables, codes, decoder_input)
+  later = forward(model, variables, codes, decoder_input.at[:, :, 6:].set(4))
+  assert np.abs(np.asarray(later[:, :, :6] - logits[:, :, :6])).max() > 1e-3
+  np.testing.assert_array_equal(forward(model, variables, (codes + 1) % 32, decoder_input), logits)
+
+
+def test_fixed_block_with_zero_layer_scale_is_identity(tiny):
+  """Residual added once, LayerScale on the branches: zero scales leave the stream unchanged."""
+  model, variables = tiny
+  c = model.config
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, x: jnp.zeros_like(x) if jax.tree_util.keystr(p).endswith("_scale']") and
+      "encoder" in jax.tree_util.keystr(p) else x, variables["params"])
+  variables = {**variables, "params": params}
+  codes = random_codes(c, (1, 8, 10), 4)
+  speaker = jnp.array([3])
+  out, _ = encode(model, variables, codes, speaker)
+
+  def embedded_then_norm(module, codes, style):
+    return module.encoder_norm(module._embed(codes, style))
+
+  style = model.apply(variables, speaker, speaker, method="style")
+  expected = model.apply(variables, codes, style, method=embedded_then_norm)
+  np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_cached_decoding_matches_teacher_forcing(tiny):
+  model, variables = tiny
+  c = model.config
+  codes = random_codes(c, (2, 8, 14), 5)
+  codes = codes.at[1, :, 11:].set(c.pad_id)  # a shorter second input
+  batch = teacher_forcing(c, random_codes(c, (2, 8, 7), 6), jnp.array([7, 4]))
+  logits = forward(model, variables, codes, batch.decoder_input)
+
+  speaker = jnp.zeros(2, jnp.int32)
+  style = model.apply(variables, speaker, speaker, method="style")
+  memory, memory_mask = encode(model, variables, codes, speaker)
+  steps = batch.decoder_input.shape[-1]
+  cache = jax.jit(functools.partial(model.apply, method="init_cache"), static_argnums=4)(
+      variables, style, memory, memory_mask, steps + 3)
+  decode_step = jax.jit(functools.partial(model.apply, method="decode_step"))
+  cached = []
+  for t in range(steps):
+    out, cache = decode_step(variables, batch.decoder_input[:, :, t], cache, jnp.int32(t))
+    cached.append(out)
+  assert relative_error(jnp.stack(cached, axis=2), logits) < TOL
+
+
+def test_rotary_scores_depend_on_relative_position_only():
+  rng = np.random.default_rng(7)
+  q, k = (jnp.asarray(rng.standard_normal((1, 2, 1, 16)), jnp.float32) for _ in range(2))
+
+  def score(i, j):
+    return jnp.sum(rotary(q, jnp.array([i]), 10000.0) * rotary(k, jnp.array([j]), 10000.0))
+
+  np.testing.assert_allclose(score(3, 1), score(103, 101), rtol=1e-4)
+  np.testing.assert_allclose(score(0, 0), jnp.sum(q * k), rtol=1e-5)
+  assert abs(float(score(5, 1) - score(1, 5))) > 1e-3
+
+
+def test_delay_round_trip():
+  delays = (0, 1, 3, 2)
+  codes = jnp.asarray(np.random.default_rng(8).integers(0, 10, (2, 4, 6)))
+  delayed = delay_codes(codes, delays, before=-1, after=-2)
+  assert delayed.shape == (2, 4, 9)
+  np.testing.assert_array_equal(delayed[:, 2, :3], -1)
+  np.testing.assert_array_equal(delayed[:, 1, 7:], -2)
+  np.testing.assert_array_equal(delayed[:, 3, 2:8], codes[:, 3])
+  np.testing.assert_array_equal(undelay(delayed, delays), codes)
+
+
+def test_teacher_forcing_layout():
+  c = dataclasses.replace(TINY, num_quantizers=2, hidden_dim=64, delays=(0, 1))
+  bos, eos, pad = c.start_id, c.eos_id, c.pad_id
+  assert (eos, bos, pad) == (32, 33, 34) and c.num_outputs == 33 and c.num_embeddings == 35
+  codes = jnp.array([[[1, 2, 3], [4, 5, 6]], [[7, 8, 0], [9, 10, 0]]])
+  batch = teacher_forcing(c, codes, jnp.array([3, 2]))
+  np.testing.assert_array_equal(batch.targets[0], [[1, 2, 3, eos, 0], [0, 4, 5, 6, eos]])
+  np.testing.assert_array_equal(batch.targets[1], [[7, 8, eos, 0, 0], [0, 9, 10, eos, 0]])
+  np.testing.assert_array_equal(batch.weights[1], [[1, 1, 1, 0, 0], [0, 1, 1, 1, 0]])
+  np.testing.assert_array_equal(batch.decoder_input[0],
+                                [[bos, 1, 2, 3, eos], [bos, bos, 4, 5, 6]])
+  np.testing.assert_array_equal(batch.decoder_input[1],
+                                [[bos, 7, 8, eos, pad], [bos, bos, 9, 10, eos]])
+  original = dataclasses.replace(c, variant="original", delays=())
+  batch = teacher_forcing(original, codes)
+  np.testing.assert_array_equal(batch.decoder_input[0], [[0, 1, 2], [0, 4, 5]])
+  np.testing.assert_array_equal(batch.targets, codes)
+
+
+def test_config_validation_and_round_trip():
+  with pytest.raises(ValueError, match="delays"):
+    S2SConfig(delays=(1, 0, 0, 0, 0, 0, 0, 0))
+  with pytest.raises(ValueError, match="one entry per level"):
+    S2SConfig(delays=(0, 1))
+  with pytest.raises(ValueError, match="original variant has no delay"):
+    S2SConfig(variant="original", delays=(0, 1, 1, 1, 1, 1, 1, 1))
+  with pytest.raises(ValueError, match="variant"):
+    S2SConfig(variant="new")
+  assert S2SConfig.from_dict(TINY.to_dict()) == TINY
+
+
+def test_configs_file():
+  default = s2s_configs.get_config()
+  assert default.task == "s2s"
+  model = S2SConfig.from_dict(default.model.to_dict())
+  assert model.variant == "fixed" and model.delays == (0, 1, 1, 1, 1, 1, 1, 1)
+  assert dataclasses.replace(model, variant="original", delays=()) == S2SConfig(
+      variant="original")
+  assert S2SConfig.from_dict(s2s_configs.get_config("original").model.to_dict()) == S2SConfig(
+      variant="original")
+  smoke = S2SConfig.from_dict(s2s_configs.get_config("smoke").model.to_dict())
+  assert smoke.hidden_dim == 64
+  with pytest.raises(AttributeError):
+    default.model.hiden_dim = 3  # locked: typos fail
+  with pytest.raises(ValueError, match="unknown"):
+    s2s_configs.get_config("big")

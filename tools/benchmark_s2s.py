@@ -1,0 +1,291 @@
+"""Benchmarks the S2S transformer on this machine: JAX against the PyTorch reference.
+
+    python tools/benchmark_s2s.py [--frames=400] [--context=200] [--repeats=3] [--skip_torch]
+                                  [--skip_training] [--skip_long_context]
+
+Full size (6 + 6 layers, hidden 512), batch 1, `--context` input frames. One set of random
+weights, made by the PyTorch reference of the original (`tests/s2s_torch_reference.py`) and
+converted to both variants (the fixed variant's end-of-speech class starts at the mean of the
+code classes, so generation runs to `--frames` almost always; frames are counted as generated).
+
+- The floor: the decoder's weight matrices applied to one frame (what every generated frame
+  reads), in float32 and in bfloat16, against the memory bandwidth (a measured streaming read,
+  and the 25 GB/s nominal figure).
+- Generation: frames per second of `generate` (one compiled `lax.while_loop`, encoding included)
+  and of the Python `stream` generator, nucleus sampling at the original's settings, with the
+  decoder bytes read per second; and the original's per-frame PyTorch loop
+  (`S2STransformer.generate` of the reference, `torch.cat` KV cache) with 1 and 2 threads.
+- Training: one step (forward, backward, AdamW) at batch 4 x (200 input, 200 target frames),
+  dropout on, for the JAX original and fixed variants and the PyTorch reference.
+- Long context: a 60 s input (12,000 frames) encoded by the streaming encoder and a KV cache for
+  12,000 frames: KV-cache bytes, frames/s, and that the step compiles once.
+
+The CPU is shared with other work: every timing is the best of `--repeats`, and the load average
+is printed before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import pathlib
+import re
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from telugu_jax.convert.s2s import convert_s2s_state_dict  # noqa: E402
+from telugu_jax.inference import generation  # noqa: E402
+from telugu_jax.models.s2s import S2SConfig, S2STransformer, teacher_forcing  # noqa: E402
+
+NOMINAL_BANDWIDTH = 25e9  # bytes/s, the figure the generation target was sized with
+ORIGINAL_SAMPLING = dict(temperature=0.8, top_k=0, top_p=0.95)
+
+
+def best_time(fn, repeats: int) -> float:
+  """Best wall time of `fn()` over `repeats` runs, after one warm-up run."""
+  fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def load() -> str:
+  return "load average %.2f %.2f %.2f" % os.getloadavg()
+
+
+def read_bandwidth(repeats: int) -> float:
+  """Bytes/s of a jitted sum over a 512 MB float32 array (a streaming read from memory)."""
+  x = jnp.ones((128, 1024, 1024), jnp.float32)
+  total = jax.jit(jnp.sum)
+  return x.nbytes / best_time(lambda: total(x).block_until_ready(), repeats)
+
+
+def decoder_matrices(params) -> list[jax.Array]:
+  """The weight matrices one decoding step reads: the decoder layers' (without the
+  cross-attention keys and values, computed once from the encoder output) and the output heads."""
+  return [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+          if leaf.ndim == 2 and re.search(r"decoder_layers|output_heads", jax.tree_util.keystr(path))
+          and not re.search(r"cross_attn'\]\['qkv'\]\['[kv]'", jax.tree_util.keystr(path))]
+
+
+def decoder_bytes_per_frame(params) -> int:
+  return sum(m.nbytes for m in decoder_matrices(params))
+
+
+def matvec_floor(params, dtype, repeats: int) -> float:
+  """Seconds per frame to multiply one activation vector by every decoder matrix in `dtype`
+  (float32 accumulation), 100 frames in one compiled loop."""
+  matrices = [m.astype(dtype) for m in decoder_matrices(params)]
+
+  @jax.jit
+  def frames(x, matrices):
+    def frame(_, x):
+      total = x
+      for m in matrices:
+        y = jnp.dot(jnp.resize(x, (1, m.shape[0])).astype(dtype), m,
+                    preferred_element_type=jnp.float32)
+        total = total + 1e-3 * y[:, :x.shape[1]]
+      return jnp.tanh(total)
+    return jax.lax.fori_loop(0, 100, frame, x)
+
+  x = jnp.ones((1, 512), jnp.float32)
+  return best_time(lambda: frames(x, matrices).block_until_ready(), repeats) / 100
+
+
+def jax_generation(config: S2SConfig, variables, inputs, frames: int, repeats: int, label: str,
+                   bandwidth: float) -> None:
+  model = S2STransformer(config)
+  speaker = jnp.zeros(inputs.shape[0], jnp.int32)
+  sampling = generation.Sampling.make(**ORIGINAL_SAMPLING)
+  produced = {}
+
+  def run():
+    codes, lengths = generation.generate(model, variables, inputs, speaker, speaker, sampling,
+                                         jnp.int32(0), max_frames=frames)
+    produced["frames"] = int(np.sum(lengths))
+
+  seconds = best_time(run, repeats)
+  fps = produced["frames"] / seconds
+  rate = decoder_bytes_per_frame(variables["params"]) * fps
+  print(f"  JAX {label:8s} generate: {fps:6.1f} frames/s ({produced['frames']} frames, encoding "
+        f"included); decoder weights read at {rate / 1e9:4.1f} GB/s = {rate / bandwidth:4.0%} of "
+        f"the measured bandwidth, {rate / NOMINAL_BANDWIDTH:4.0%} of 25 GB/s", flush=True)
+
+  def run_stream():
+    produced["stream"] = sum(1 for _ in generation.stream(
+        model, variables, inputs, speaker, speaker, sampling, jnp.int32(0), max_frames=frames))
+
+  seconds = best_time(run_stream, repeats)
+  print(f"  JAX {label:8s} stream:   {produced['stream'] / seconds:6.1f} frames/s", flush=True)
+
+
+def torch_generation(model, inputs: np.ndarray, frames: int, repeats: int) -> None:
+  import torch
+
+  args = (torch.as_tensor(inputs), torch.zeros(inputs.shape[0], dtype=torch.long),
+          torch.zeros(inputs.shape[0], dtype=torch.long))
+  sampling = {k: v for k, v in ORIGINAL_SAMPLING.items() if k != "top_k"}
+  for threads in (1, 2):
+    torch.set_num_threads(threads)
+    with torch.no_grad():
+      seconds = best_time(lambda: model.generate(*args, frames, **sampling), repeats)
+    print(f"  PyTorch reference (original), per-frame loop, {threads} thread(s): "
+          f"{frames / seconds:6.1f} frames/s", flush=True)
+
+
+def jax_training(config: S2SConfig, variables, batch, repeats: int) -> float:
+  model = S2STransformer(config)
+  tx = optax.adamw(1e-4, weight_decay=0.01)
+  inputs, targets, speaker, emotion = (jnp.asarray(a) for a in batch)
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def train_step(state, rng):
+    def loss_fn(params):
+      tf = teacher_forcing(config, targets)
+      logits, updates = model.apply(
+          {"params": params, "batch_stats": state["batch_stats"]}, inputs, tf.decoder_input,
+          speaker, emotion, deterministic=False, rngs={"dropout": rng}, mutable=["batch_stats"])
+      nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), tf.targets[..., None], -1)[..., 0]
+      return jnp.sum(nll * tf.weights) / jnp.sum(tf.weights), updates["batch_stats"]
+
+    (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    return {"params": params, "batch_stats": batch_stats, "opt": opt, "step": state["step"] + 1}
+
+  state = {**jax.tree.map(jnp.copy, variables), "step": jnp.int32(0)}  # donated below
+  state["opt"] = tx.init(state["params"])
+  rng = jax.random.PRNGKey(0)
+  holder = {"state": state}
+
+  def step():
+    holder["state"] = train_step(holder["state"], jax.random.fold_in(rng, holder["state"]["step"]))
+    jax.block_until_ready(holder["state"]["params"])
+
+  return best_time(step, repeats)
+
+
+def torch_training(model, batch, repeats: int) -> None:
+  import torch
+
+  model.train()
+  optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+  inputs, targets, speaker, emotion = (torch.as_tensor(a) for a in batch)
+
+  def step():
+    logits, _ = model(inputs, targets, speaker, emotion)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 2), targets.flatten())
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+  for threads in (1, 2):
+    torch.set_num_threads(threads)
+    print(f"  PyTorch reference (original), {threads} thread(s): "
+          f"{best_time(step, repeats) * 1e3:7.0f} ms/step", flush=True)
+  model.eval()
+
+
+def long_context(config: S2SConfig, variables, frames: int) -> None:
+  model = S2STransformer(config)
+  inputs = jnp.asarray(np.random.default_rng(1).integers(0, config.vocab_size, (1, 8, 12_000)))
+  speaker = jnp.zeros(1, jnp.int32)
+  sampling = generation.Sampling.make(**ORIGINAL_SAMPLING)
+  start = time.perf_counter()
+  state = generation.init_state(model, variables, inputs, speaker, speaker, jnp.int32(0),
+                                max_frames=12_000)
+  state["index"].block_until_ready()
+  encode_seconds = time.perf_counter() - start
+  cache_bytes = sum(x.nbytes for x in jax.tree.leaves(state["cache"]))
+  state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+  print(f"  60 s input (12,000 frames) encoded chunk by chunk in {encode_seconds:.1f} s "
+        f"(compilation included); KV cache for 12,000 frames: {cache_bytes / 2**20:.0f} MiB "
+        f"(whole decoding state {state_bytes / 2**20:.0f} MiB)", flush=True)
+  del state
+  stream = generation.stream(model, variables, inputs, speaker, speaker, sampling, jnp.int32(0),
+                             max_frames=12_000)
+  next(stream)
+  compiled = generation.step._cache_size()
+  start = time.perf_counter()
+  for _ in range(frames):
+    next(stream)
+  seconds = time.perf_counter() - start
+  stream.close()
+  print(f"  streaming at 12,000 frames of context: {frames / seconds:.1f} frames/s over {frames} "
+        f"frames; step compilations {compiled} -> {generation.step._cache_size()}", flush=True)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--frames", type=int, default=400, help="frames to generate")
+  parser.add_argument("--context", type=int, default=200, help="input frames")
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument("--skip_training", action="store_true")
+  parser.add_argument("--skip_long_context", action="store_true")
+  args = parser.parse_args()
+
+  import torch
+  import s2s_torch_reference as ref
+
+  print(f"{load()}; {os.cpu_count()} CPUs; jax {jax.__version__}, torch {torch.__version__}",
+        flush=True)
+  torch.manual_seed(0)
+  torch_model = ref.S2STransformer().eval()
+  state = {k: v.numpy() for k, v in torch_model.state_dict().items()}
+  variants = {}
+  for variant in ("original", "fixed"):
+    variables, model_config = convert_s2s_state_dict(state, variant)
+    variants[variant] = (S2SConfig.from_dict(model_config), jax.device_put(variables))
+  rng = np.random.default_rng(0)
+  inputs = rng.integers(0, 1024, (1, 8, args.context))
+
+  bandwidth = read_bandwidth(args.repeats)
+  params = variants["fixed"][1]["params"]
+  print(f"memory read bandwidth (jitted sum over 512 MB): {bandwidth / 1e9:.1f} GB/s", flush=True)
+  for dtype in (jnp.float32, jnp.bfloat16):
+    nbytes = decoder_bytes_per_frame(params) * jnp.dtype(dtype).itemsize // 4
+    seconds = matvec_floor(params, dtype, args.repeats)
+    print(f"decoder weights alone, {jnp.dtype(dtype).name}: {nbytes / 1e6:.0f} MB per frame in "
+          f"{seconds * 1e3:.2f} ms = {nbytes / seconds / 1e9:.1f} GB/s, at most "
+          f"{1 / seconds:.0f} frames/s", flush=True)
+  print(f"generation, batch 1, {args.context} input frames, up to {args.frames} frames, float32:")
+  for variant in ("fixed", "original"):
+    config, variables = variants[variant]
+    jax_generation(config, variables, jnp.asarray(inputs), args.frames, args.repeats, variant,
+                   bandwidth)
+  if not args.skip_torch:
+    torch_generation(torch_model, inputs, args.frames, args.repeats)
+
+  if not args.skip_training:
+    print("training step, batch 4 x (200 input, 200 target frames), dropout on, AdamW:")
+    batch = (rng.integers(0, 1024, (4, 8, 200)), rng.integers(0, 1024, (4, 8, 200)),
+             rng.integers(0, 4, 4), rng.integers(0, 9, 4))
+    for variant in ("original", "fixed"):
+      config, variables = variants[variant]
+      seconds = jax_training(config, variables, batch, args.repeats)
+      print(f"  JAX {variant:8s}: {seconds * 1e3:7.0f} ms/step", flush=True)
+    if not args.skip_torch:
+      torch_training(torch_model, batch, args.repeats)
+
+  if not args.skip_long_context:
+    print("long context (fixed variant, float32 weights):")
+    long_context(*variants["fixed"], frames=50)
+  print(load())
+
+
+if __name__ == "__main__":
+  main()
