@@ -228,3 +228,32 @@ def test_existing_output_is_not_overwritten(original, converted, capsys):
   assert convert_tool.main([f"--input={path}", f"--output={converted}"]) == 1
   assert "--overwrite" in capsys.readouterr().err
   assert inference.load_codec(converted) is not None
+
+
+def test_s2s_checkpoints_convert_through_the_cli(tmp_path, capsys):
+  from test_s2s_parity import TINY as S2S_TINY
+  from test_s2s_parity import random_batch, torch_forward, torch_model
+
+  model = torch_model(**S2S_TINY)
+  torch.save({"model_state": model.state_dict(), "epoch": 3}, tmp_path / "s2s.pt")
+  assert convert_tool.main([f"--input={tmp_path / 's2s.pt'}", f"--output={tmp_path / 'o'}"]) == 0
+  s2s = inference.load_s2s(str(tmp_path / "o"))
+  assert s2s.variant == "original"
+  inputs, targets, speaker, emotion = random_batch(s2s.config, 2, 21, 9, seed=3)
+  expected = torch_forward(model, inputs, targets, speaker, emotion)[1]
+  assert relative_error(s2s.logits(inputs, targets, speaker, emotion), expected) < 1e-4
+  assert convert_tool.main([f"--input={tmp_path / 's2s.pt'}", f"--output={tmp_path / 'f'}",
+                            "--variant=fixed"]) == 0
+  assert inference.load_s2s(str(tmp_path / "f")).variant == "fixed"
+
+
+def test_variant_flag_is_for_s2s_only(original, tmp_path, capsys):
+  original.save(tmp_path / "codec.pt")
+  _assert_fails_with_args(tmp_path, capsys, [f"--input={tmp_path / 'codec.pt'}", "--variant=fixed"],
+                          "--variant applies to S2S checkpoints only")
+
+
+def _assert_fails_with_args(tmp_path, capsys, args, pattern):
+  assert convert_tool.main([*args, f"--output={tmp_path / 'out'}"]) == 1
+  assert pattern in capsys.readouterr().err
+  assert not (tmp_path / "out").exists()
