@@ -178,8 +178,8 @@ def prefix_attention(q: jax.Array, k: jax.Array, v: jax.Array, limit: jax.Array)
 
   Query i sees the positions `< limit[:, i]` (`limit [B or 1, Tq]`, at least 1); L is a multiple
   of `ATTENTION_BLOCK`. Only the blocks below `max(limit)` are read, with an online softmax, so
-  a long, mostly empty cache costs nothing per step, and XLA updates the cache in place (a dot
-  reading the whole cache that the same loop iteration updates makes XLA:CPU copy it).
+  a long, mostly empty cache costs little per step, and XLA updates the cache in place (a dot
+  reading the whole of a cache that the same loop iteration updates makes XLA:CPU copy it).
   Returns `[B, Tq, H * hd]`.
   """
   b, h, tq, hd = q.shape
@@ -344,8 +344,8 @@ class Attention(nn.Module):
 
   Self-attention: `__call__` over a whole sequence, `cached` for new frames over a key/value
   cache. True cross-attention (fixed variant): `memory` projects the encoder output to keys and
-  values, `cross` attends to them, `cross_cached` to their cached, block-padded form. Rotary
-  positions are applied in self-attention of the fixed variant only.
+  values once, `cross` attends to them. Rotary positions are applied in self-attention of the
+  fixed variant only.
   """
 
   config: S2SConfig
@@ -396,13 +396,6 @@ class Attention(nn.Module):
     """Cross-attention keys/values `[B, H, S, hd]` of the encoder output `memory [B, S, D]`."""
     k, v = self.qkv(memory, slice(1, 3))
     return {"k": k, "v": v}
-
-  def cross_cached(self, x: jax.Array, memory_kv: dict[str, jax.Array],
-                   memory_lengths: jax.Array) -> jax.Array:
-    """Cross-attention of `x [B, T, D]` over cached memory keys/values (`memory_kv`) of
-    `memory_lengths [B]` valid frames. Evaluation only."""
-    valid = jnp.arange(memory_kv["k"].shape[2]) < memory_lengths[:, None]  # [B, S]
-    return self.cross(x, memory_kv, valid)
 
   def cross(self, x: jax.Array, memory_kv: dict[str, jax.Array], memory_mask: jax.Array,
             deterministic: bool = True) -> jax.Array:
@@ -554,11 +547,12 @@ class DecoderLayer(nn.Module):
     return self.cross_attn.memory(memory)
 
   def step(self, x: jax.Array, cache: dict[str, Any], index: jax.Array,
-           memory_lengths: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+           memory_mask: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
     """One frame `x [B, 1, D]` at decoder position `index`, evaluation.
 
     `cache`: `{"self": {"k", "v"} [B, H, L, hd], "memory": {"k", "v"} [B, H, S, hd]}` (no
-    "memory" in the original, whose per-frame "cross-attention" sees only the current frame).
+    "memory" in the original, whose per-frame "cross-attention" sees only the current frame);
+    `memory_mask [B, S]`.
     """
     attn, self_kv = self.self_attn.cached(self.ln1(x), cache["self"], index,
                                           jnp.reshape(index + 1, (1, 1)))
@@ -566,7 +560,7 @@ class DecoderLayer(nn.Module):
     if self.config.is_original:
       x = x + self.cross_attn(self.ln2(x), None)
     else:
-      x = x + self.cross_attn.cross_cached(self.ln2(x), cache["memory"], memory_lengths)
+      x = x + self.cross_attn.cross(self.ln2(x), cache["memory"], memory_mask)
     return x + self.ffn(self.ln3(x)), {**cache, "self": self_kv}
 
 
@@ -698,24 +692,20 @@ class S2STransformer(nn.Module):
                  length: int) -> dict[str, Any]:
     """The decoding cache for up to `length` steps.
 
-    Holds the style `[B, D]`, the number of valid memory frames `[B]` (the memory mask
-    `[B, S]` marks a right-padded prefix), and per decoder layer the (empty) self-attention keys
-    and values `[B, H, L, hd]` and, in the fixed variant, the cross-attention keys and values of
-    the encoder output `memory [B, S, D]`; cached lengths are rounded up to whole
-    `ATTENTION_BLOCK`s.
+    Holds the style `[B, D]`, the memory mask `[B, S]`, and per decoder layer the (empty)
+    self-attention keys and values `[B, H, L, hd]` (`length` rounded up to whole
+    `ATTENTION_BLOCK`s) and, in the fixed variant, the cross-attention keys and values
+    `[B, H, S, hd]` of the encoder output `memory [B, S, D]`.
     """
     c = self.config
     shape = (style.shape[0], c.num_heads, round_up(length, ATTENTION_BLOCK), c.head_dim)
-    pad = [(0, 0), (0, 0), (0, round_up(memory.shape[1], ATTENTION_BLOCK) - memory.shape[1]),
-           (0, 0)]
     layers = []
     for layer in self.decoder_layers:
       cache = {"self": {"k": jnp.zeros(shape), "v": jnp.zeros(shape)}}
       if not c.is_original:
-        cache["memory"] = {name: jnp.pad(x, pad) for name, x in layer.memory(memory).items()}
+        cache["memory"] = layer.memory(memory)
       layers.append(cache)
-    return {"style": style, "memory_lengths": jnp.sum(memory_mask, axis=-1, dtype=jnp.int32),
-            "layers": layers}
+    return {"style": style, "memory_mask": memory_mask, "layers": layers}
 
   def decode_step(self, tokens: jax.Array, cache: dict[str, Any], index: jax.Array
                   ) -> tuple[jax.Array, dict[str, Any]]:
@@ -723,7 +713,7 @@ class S2STransformer(nn.Module):
     x = self._embed(tokens[:, :, None], cache["style"])
     layers = []
     for layer, layer_cache in zip(self.decoder_layers, cache["layers"]):
-      x, layer_cache = layer.step(x, layer_cache, index, cache["memory_lengths"])
+      x, layer_cache = layer.step(x, layer_cache, index, cache["memory_mask"])
       layers.append(layer_cache)
     return self._heads(x)[:, :, 0], {**cache, "layers": layers}
 

@@ -104,14 +104,6 @@ def restore_subtree(directory: str, abstract_subtree: Any, step: int | None = No
     return manager.restore(step, args=ocp.args.Composite(**{STATE: args}))[STATE]
 
 
-def abstract_like(tree: Any) -> Any:
-  """A pytree of `jax.ShapeDtypeStruct` matching `tree` (arrays keep their sharding)."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-      tree,
-  )
-
-
 WORKDIR_CHECKPOINTS = "checkpoints"
 
 
