@@ -232,3 +232,14 @@ def test_conversion_to_fixed_variant():
   inputs, targets, speaker, emotion = random_batch(config, 2, 25, 6)
   _, logits = jax_forward(variables, config, inputs, targets, speaker, emotion)
   assert logits.shape == (2, 8, 7, 33) and np.isfinite(logits).all()
+
+
+def test_converts_torch_tensors_of_any_float_dtype():
+  model = torch_model(**TINY)
+  half = {k: v.to(torch.bfloat16) if v.is_floating_point() else v
+          for k, v in model.state_dict().items()}
+  from_tensors, _ = convert_s2s_state_dict(half, "original")
+  from_numpy, _ = convert_s2s_state_dict(
+      {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in half.items()},
+      "original")
+  jax.tree.map(np.testing.assert_array_equal, from_tensors, from_numpy)

@@ -186,10 +186,17 @@ def _check_keys(state_dict: Mapping[str, Any], config: S2SConfig) -> None:
   missing = [key for key in expected if key not in state_dict]
   if missing:
     raise CheckpointMismatchError(f"missing key {missing[0]!r} ({len(missing)} missing in all)")
-  inv_freq = np.asarray(state_dict["rope.inv_freq"], np.float64)
+  inv_freq = _float32(state_dict["rope.inv_freq"]).astype(np.float64)
   hd = config.head_dim
-  if not np.allclose(inv_freq, 1.0 / config.rope_base ** (np.arange(0, hd, 2) / hd), rtol=1e-5):
+  if not np.allclose(inv_freq, 1.0 / config.rope_base ** (np.arange(0, hd, 2) / hd), rtol=1e-2):
     raise CheckpointMismatchError("rope.inv_freq is not 1 / 10000^(2i / head_dim)")
+
+
+def _float32(value: Any) -> np.ndarray:
+  """A numpy float32 copy of an array or a (CPU) PyTorch tensor of any floating dtype."""
+  if hasattr(value, "detach"):  # torch.Tensor: numpy has no bfloat16
+    value = value.detach().float().numpy()
+  return np.asarray(value, dtype=np.float32)
 
 
 def _with_mean_rows(x: np.ndarray, n: int, axis: int) -> np.ndarray:
@@ -217,8 +224,8 @@ def convert_s2s_state_dict(state_dict: Mapping[str, Any], variant: str = "origin
   """Converts an original S2S state dict into variables of `telugu_jax.models.s2s`.
 
   Args:
-    state_dict: torch key → array-like (numpy arrays, or CPU tensors); float16/bfloat16 values
-      are widened to float32.
+    state_dict: torch key → numpy array or CPU tensor; float16 / bfloat16 values are widened to
+      float32.
     variant: "original" (reproduces the original's forward exactly) or "fixed".
   Returns:
     `(variables, model_config)`: `{"params": ..., "batch_stats": ...}` as nested dicts of numpy
@@ -234,7 +241,7 @@ def convert_s2s_state_dict(state_dict: Mapping[str, Any], variant: str = "origin
   flat = {}
   for key, value in state_dict.items():
     for path, to_flax in flax_locations(key):
-      flat[path] = np.ascontiguousarray(to_flax(np.asarray(value, dtype=np.float32)))
+      flat[path] = np.ascontiguousarray(to_flax(_float32(value)))
   if variant == "fixed":
     flat = _to_fixed(flat)
   return traverse_util.unflatten_dict(flat), config.to_dict()
