@@ -34,10 +34,10 @@ def run(model, variables, inputs, sampling=GREEDY, seed=0, max_frames=12):
                              jnp.int32(seed), max_frames=max_frames)
 
 
-def stream(model, variables, inputs, sampling=GREEDY, seed=0, max_frames=12):
+def stream(model, variables, inputs, sampling=GREEDY, seed=0, max_frames=12, frames_per_call=4):
   speaker = jnp.zeros(inputs.shape[0], jnp.int32)
   return generation.stream(model, variables, inputs, speaker, speaker, sampling, jnp.int32(seed),
-                           max_frames=max_frames)
+                           max_frames=max_frames, frames_per_call=frames_per_call)
 
 
 @functools.partial(jax.jit, static_argnames="model")
@@ -122,26 +122,30 @@ def test_stream_yields_the_generated_frames(tiny):
   inputs = inputs.at[1, :, 9:].set(c.pad_id)
   variables = with_eos_bias(variables, 2.5)  # make end-of-speech likely within 12 frames
   sampling = generation.Sampling.make(temperature=1.0, top_k=20, top_p=0.9)
-  codes, lengths = run(model, variables, inputs, sampling, seed=5)
-  frames = list(stream(model, variables, inputs, sampling, seed=5))
+  codes, lengths = run(model, variables, inputs, sampling, seed=10)
+  frames = list(stream(model, variables, inputs, sampling, seed=10))
   assert len(frames) == int(lengths.max())
   assert 0 < min(lengths) < max(lengths)  # sequences end at different frames (these seeds)
   np.testing.assert_array_equal(np.stack(frames, axis=-1), codes[:, :, :len(frames)])
-  again, _ = run(model, variables, inputs, sampling, seed=5)
-  other, _ = run(model, variables, inputs, sampling, seed=6)
+  for frames_per_call in (1, 5, 100):
+    np.testing.assert_array_equal(
+        list(stream(model, variables, inputs, sampling, seed=10, frames_per_call=frames_per_call)),
+        frames)
+  again, _ = run(model, variables, inputs, sampling, seed=10)
+  other, _ = run(model, variables, inputs, sampling, seed=11)
   np.testing.assert_array_equal(again, codes)
   assert (np.asarray(other) != np.asarray(codes)).any()
 
 
 def test_long_context_compiles_the_step_once(tiny):
-  """A 12,000-frame input and a 12,000-frame cache: the jitted step compiles once for the shape
-  and then runs frame after frame without recompiling."""
+  """A 12,000-frame input and a 12,000-frame cache: the jitted decoding call compiles once for
+  the shape and then runs call after call without recompiling."""
   model, variables = tiny
   inputs = random_codes(model.config, (1, 8, 12_000), 9)
   frames = stream(model, variables, inputs, max_frames=12_000)
   next(frames)
-  compiled = generation.step._cache_size()
-  for _ in range(5):
+  compiled = generation.advance._cache_size()
+  for _ in range(12):  # three more calls of 4 frames
     next(frames)
-  assert generation.step._cache_size() == compiled
+  assert generation.advance._cache_size() == compiled
   frames.close()

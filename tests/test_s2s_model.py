@@ -11,6 +11,7 @@ import pytest
 from conftest import relative_error
 
 from configs import s2s as s2s_configs
+from telugu_jax.models import s2s as s2s_model
 from telugu_jax.inference import generation
 from telugu_jax.models.s2s import (S2SConfig, S2STransformer, chunk_mask, delay_codes,
                                    init_encoder_state, rotary, teacher_forcing, undelay)
@@ -249,3 +250,20 @@ def test_configs_file():
     default.model.hiden_dim = 3  # locked: typos fail
   with pytest.raises(ValueError, match="unknown"):
     s2s_configs.get_config("big")
+
+
+def test_single_row_dense_splits_the_contraction():
+  """One row (batch-1 decoding) is computed as MATVEC_SPLITS partial products over slices of the
+  contraction; any other shape goes to `lax.dot_general` unchanged. Both equal the plain product."""
+  rng = np.random.default_rng(0)
+  kernel = jnp.asarray(rng.normal(size=(64, 48)), jnp.float32)
+  for shape in [(1, 1, 64), (1, 64), (3, 64), (2, 5, 64)]:
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    expected = np.asarray(x, np.float64) @ np.asarray(kernel, np.float64)
+    numbers = (((x.ndim - 1,), (0,)), ((), ()))
+    got = s2s_model._dense_dot_general(x, kernel, numbers)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  hlo = jax.jit(lambda x: s2s_model._dense_dot_general(x, kernel, (((1,), (0,)), ((), ())))
+                ).lower(jnp.ones((1, 64))).as_text()
+  assert f"{s2s_model.MATVEC_SPLITS}x32xf32" in hlo  # the kernel viewed as [splits, K/splits, N]

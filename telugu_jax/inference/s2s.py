@@ -102,11 +102,13 @@ class S2S:
 
   def stream(self, input_codes: np.ndarray, speaker: int | np.ndarray, emotion: int | np.ndarray,
              *, max_frames: int = 1000, temperature: float = 0.8, top_k: int = 0,
-             top_p: float = 0.95, seed: int = 0) -> Iterator[np.ndarray]:
+             top_p: float = 0.95, seed: int = 0, frames_per_call: int = 4
+             ) -> Iterator[np.ndarray]:
     """Like `generate`, but yields each frame `[B, Q]` int32 as soon as it is complete; the
-    frames equal `generate`'s with the same arguments."""
+    frames equal `generate`'s with the same arguments. Each device call decodes
+    `frames_per_call` frames."""
     args = self._sampling_args(input_codes, speaker, emotion, temperature, top_k, top_p, seed)
-    return generation.stream(*args, max_frames=max_frames)
+    return generation.stream(*args, max_frames=max_frames, frames_per_call=frames_per_call)
 
 
 def load_s2s(path: str, step: int | None = None) -> S2S:

@@ -40,8 +40,14 @@ from telugu_jax.models.layers import TORCH_NORM_EPS
 VARIANTS = ("original", "fixed")
 # The original fills masked attention scores with -1e9 (not -inf); fully masked rows stay finite.
 MASK_VALUE = -1e9
-# Caches are read in blocks of this many positions (and sized in multiples of it).
-ATTENTION_BLOCK = 256
+# Caches are read in blocks of this many positions (and sized in multiples of it). XLA:CPU copies
+# each block before its dot: smaller blocks waste less on a partly filled last block, larger ones
+# run fewer loop iterations. Of 32, 64, 128 and 256, 128 decoded fastest on the 2-core CPU.
+ATTENTION_BLOCK = 128
+# XLA:CPU runs a matrix-vector product (one frame of batch-1 decoding) on one core; split into a
+# batch of this many products over slices of the contraction, it runs on as many cores
+# (`_dense_dot_general`).
+MATVEC_SPLITS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,6 +268,26 @@ def teacher_forcing(config: S2SConfig, codes: jax.Array,
 # Layers.
 
 
+def _dense_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
+                       preferred_element_type=None) -> jax.Array:
+  """`lax.dot_general` for `nn.Dense`; on CPU a single row `lhs [..., K]` times `rhs [K, N]` is
+  computed as `MATVEC_SPLITS` products of K/`MATVEC_SPLITS` slices, then summed (only the order
+  of the float additions differs)."""
+  k = lhs.shape[-1]
+  if (lhs.size != k or k % MATVEC_SPLITS or rhs.ndim != 2
+      or jax.default_backend() != "cpu"):
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type)
+  g = MATVEC_SPLITS
+  parts = jnp.einsum("gk,gkn->gn", lhs.reshape(g, k // g), rhs.reshape(g, k // g, -1),
+                     precision=precision, preferred_element_type=preferred_element_type)
+  return jnp.sum(parts, axis=0).reshape(*lhs.shape[:-1], -1)
+
+
+def _dense(features: int, name: str | None = None) -> nn.Dense:
+  return nn.Dense(features, dot_general=_dense_dot_general, name=name)
+
+
 def _layer_norm(name: str | None = None) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=TORCH_NORM_EPS, name=name)
 
@@ -335,7 +361,7 @@ class QKVProjection(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, parts: slice = slice(0, 3)) -> list[jax.Array]:
     b, t, d = x.shape
-    return [jnp.swapaxes(nn.Dense(d, name=name)(x).reshape(b, t, self.num_heads, -1), 1, 2)
+    return [jnp.swapaxes(_dense(d, name)(x).reshape(b, t, self.num_heads, -1), 1, 2)
             for name in ("q", "k", "v")[parts]]
 
 
@@ -352,7 +378,7 @@ class Attention(nn.Module):
 
   def setup(self):
     self.qkv = QKVProjection(self.config.num_heads)
-    self.out = nn.Dense(self.config.hidden_dim)
+    self.out = _dense(self.config.hidden_dim)
     self.attn_dropout = nn.Dropout(self.config.dropout)
 
   def _rotate(self, x: jax.Array, positions: jax.Array) -> jax.Array:
@@ -416,10 +442,10 @@ class FeedForward(nn.Module):
   def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
     if self.pre_norm:
       x = _layer_norm("norm")(x)
-    x = nn.Dense(self.config.ffn_dim, name="fc1")(x)
+    x = _dense(self.config.ffn_dim, "fc1")(x)
     x = nn.silu(x) if self.activation == "silu" else _gelu(x)
     x = nn.Dropout(self.config.dropout)(x, deterministic=deterministic)
-    x = nn.Dense(self.config.hidden_dim, name="fc2")(x)
+    x = _dense(self.config.hidden_dim, "fc2")(x)
     return nn.Dropout(self.config.dropout)(x, deterministic=deterministic)
 
 
@@ -436,10 +462,10 @@ class ConvModule(nn.Module):
   def setup(self):
     c = self.config
     self.layer_norm = _layer_norm()
-    self.pointwise_conv1 = nn.Dense(2 * c.conv_expansion * c.hidden_dim)
+    self.pointwise_conv1 = _dense(2 * c.conv_expansion * c.hidden_dim)
     self.depthwise_conv = DepthwiseConv1d(c.conv_kernel_size)
     self.norm = BatchNorm1d()
-    self.pointwise_conv2 = nn.Dense(c.hidden_dim)
+    self.pointwise_conv2 = _dense(c.hidden_dim)
     self.dropout = nn.Dropout(c.dropout)
 
   def _gated(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -577,7 +603,7 @@ class StyleEmbedding(nn.Module):
     style = jnp.concatenate([nn.Embed(c.num_emotions, c.hidden_dim, name="emotion_embed")(emotion),
                              nn.Embed(c.num_speakers, c.hidden_dim, name="speaker_embed")(speaker)],
                             axis=-1)
-    style = _gelu(_layer_norm("mix_norm")(nn.Dense(c.hidden_dim, name="mix")(style)))
+    style = _gelu(_layer_norm("mix_norm")(_dense(c.hidden_dim, "mix")(style)))
     return nn.Dropout(c.dropout)(style, deterministic=deterministic)  # [B, D]
 
 
@@ -602,7 +628,7 @@ class S2STransformer(nn.Module):
     self.encoder_norm = _layer_norm()
     self.decoder_layers = [DecoderLayer(c) for _ in range(c.num_decoder_layers)]
     self.decoder_norm = _layer_norm()
-    self.output_heads = [nn.Dense(c.num_outputs) for _ in range(c.num_quantizers)]
+    self.output_heads = [_dense(c.num_outputs) for _ in range(c.num_quantizers)]
 
   def _embed(self, codes: jax.Array, style: jax.Array) -> jax.Array:
     """`[B, Q, T]` codes → `[B, T, D]` concatenated level embeddings plus the style vector."""
