@@ -12,8 +12,8 @@ converted to both variants; for timing, the fixed variant's end-of-speech class 
   reads), in float32 and in bfloat16, against the memory bandwidth (a measured streaming read,
   and the 25 GB/s nominal figure).
 - Generation: frames per second of `generate` (one compiled `lax.while_loop`; with the encoding
-  of the input and without it) and of the Python `stream` generator (4 frames per device call),
-  nucleus sampling at the original's settings, with the decoder bytes read per second; and the
+  of the input and without it) and of the Python `stream` generator (4 and 8 frames per device
+  call), nucleus sampling at the original's settings, with the decoder bytes read per second; and the
   original's per-frame PyTorch loop
   (`S2STransformer.generate` of the reference, `torch.cat` KV cache) with 1 and 2 threads.
 - Training: one step (forward, backward, AdamW) at batch 4 x (200 input, 200 target frames),
@@ -137,12 +137,15 @@ def jax_generation(config: S2SConfig, variables, inputs, frames: int, repeats: i
         f"{rate / bandwidth:4.0%} of the measured bandwidth, {rate / NOMINAL_BANDWIDTH:4.0%} of "
         "25 GB/s", flush=True)
 
-  def run_stream():
-    produced["stream"] = sum(1 for _ in generation.stream(
-        model, variables, inputs, speaker, speaker, sampling, jnp.int32(0), max_frames=frames))
+  for frames_per_call in (4, 8):
+    def run_stream():
+      produced["stream"] = sum(1 for _ in generation.stream(
+          model, variables, inputs, speaker, speaker, sampling, jnp.int32(0), max_frames=frames,
+          frames_per_call=frames_per_call))
 
-  seconds = best_time(run_stream, repeats)
-  print(f"  JAX {label:8s} stream:   {produced['stream'] / seconds:6.1f} frames/s", flush=True)
+    seconds = best_time(run_stream, repeats)
+    print(f"  JAX {label:8s} stream:   {produced['stream'] / seconds:6.1f} frames/s (encoding "
+          f"included), {frames_per_call} frames per call", flush=True)
 
 
 def torch_generation(model, inputs: np.ndarray, frames: int, repeats: int) -> None:
