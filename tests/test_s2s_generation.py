@@ -131,6 +131,8 @@ def test_stream_yields_the_generated_frames(tiny):
     np.testing.assert_array_equal(
         list(stream(model, variables, inputs, sampling, seed=10, frames_per_call=frames_per_call)),
         frames)
+  with pytest.raises(ValueError, match="frames_per_call"):
+    next(stream(model, variables, inputs, frames_per_call=0))
   again, _ = run(model, variables, inputs, sampling, seed=10)
   other, _ = run(model, variables, inputs, sampling, seed=11)
   np.testing.assert_array_equal(again, codes)

@@ -11,10 +11,10 @@ import pytest
 from conftest import relative_error
 
 from configs import s2s as s2s_configs
-from telugu_jax.models import s2s as s2s_model
 from telugu_jax.inference import generation
-from telugu_jax.models.s2s import (S2SConfig, S2STransformer, chunk_mask, delay_codes,
-                                   init_encoder_state, rotary, teacher_forcing, undelay)
+from telugu_jax.models.s2s import (MATVEC_SPLITS, S2SConfig, S2STransformer, _dense_dot_general,
+                                   chunk_mask, delay_codes, init_encoder_state, rotary,
+                                   teacher_forcing, undelay)
 
 TOL = 1e-4
 TINY = S2SConfig(hidden_dim=64, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
@@ -261,9 +261,9 @@ def test_single_row_dense_splits_the_contraction():
     x = jnp.asarray(rng.normal(size=shape), jnp.float32)
     expected = np.asarray(x, np.float64) @ np.asarray(kernel, np.float64)
     numbers = (((x.ndim - 1,), (0,)), ((), ()))
-    got = s2s_model._dense_dot_general(x, kernel, numbers)
+    got = _dense_dot_general(x, kernel, numbers)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-  hlo = jax.jit(lambda x: s2s_model._dense_dot_general(x, kernel, (((1,), (0,)), ((), ())))
+  hlo = jax.jit(lambda x: _dense_dot_general(x, kernel, (((1,), (0,)), ((), ())))
                 ).lower(jnp.ones((1, 64))).as_text()
-  assert f"{s2s_model.MATVEC_SPLITS}x32xf32" in hlo  # the kernel viewed as [splits, K/splits, N]
+  assert f"{MATVEC_SPLITS}x32xf32" in hlo  # the kernel viewed as [splits, K/splits, N]

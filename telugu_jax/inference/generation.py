@@ -226,6 +226,8 @@ def stream(model: S2STransformer, variables: Variables, input_codes: jax.Array,
   Each call decodes `frames_per_call` steps (4 steps = 20 ms of 200 Hz audio): fewer calls
   cost less Python and dispatch time per frame; more steps per call delay the first frames.
   """
+  if frames_per_call < 1:
+    raise ValueError(f"frames_per_call must be at least 1, got {frames_per_call}")
   c = model.config
   total_steps = max_frames + c.max_delay
   state = init_state(model, variables, input_codes, speaker, emotion, seed, max_frames)

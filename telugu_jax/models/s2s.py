@@ -275,6 +275,7 @@ def _dense_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precis
   of the float additions differs)."""
   k = lhs.shape[-1]
   if (lhs.size != k or k % MATVEC_SPLITS or rhs.ndim != 2
+      or dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ()))
       or jax.default_backend() != "cpu"):
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type)
