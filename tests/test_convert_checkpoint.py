@@ -18,7 +18,7 @@ import torch_reference as ref
 from configs import codec as codec_configs
 from telugu_jax import inference
 from telugu_jax.train import codec as codec_trainer
-from telugu_jax.train import optim
+from telugu_jax import optim
 from test_codec_parity import TINY_CODEC, TINY_DISC, speechlike
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

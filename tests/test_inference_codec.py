@@ -10,10 +10,11 @@ import pytest
 import soundfile
 
 from configs import codec as codec_configs
+from telugu_jax import checkpoints
+from telugu_jax.data import audio
 from telugu_jax.inference import codec as inference_codec
 from telugu_jax.inference import codefile
 from telugu_jax.models.codec import Codec
-from telugu_jax.train import checkpointing
 from telugu_jax.train import codec as codec_trainer
 from test_codec_parity import speechlike
 
@@ -26,7 +27,7 @@ def smoke_checkpoint(tmp_path_factory):
   config = codec_configs.get_config("smoke")
   state = codec_trainer.init_state(config, jax.random.key(0), num_samples=4000)
   path = str(tmp_path_factory.mktemp("ckpt") / "ckpt")
-  checkpointing.save(path, 0, state, {"task": "codec", "codec": config.codec.to_dict(),
+  checkpoints.save(path, 0, state, {"task": "codec", "codec": config.codec.to_dict(),
                                       "discriminator": config.discriminator.to_dict()})
   return path, config, state
 
@@ -51,7 +52,7 @@ def test_padded_buckets_and_batches_equal_unpadded_inputs(smoke_checkpoint):
 
 
 def test_bucket_lengths():
-  assert [inference_codec.bucket_length(n, 100) for n in (1, 100, 101, 151, 201, 301, 401)] == [
+  assert [audio.bucket_length(n, 100) for n in (1, 100, 101, 151, 201, 301, 401)] == [
       100, 100, 150, 200, 300, 400, 600]
 
 

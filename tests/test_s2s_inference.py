@@ -9,7 +9,7 @@ from conftest import relative_error
 from telugu_jax.convert.s2s import convert_s2s_state_dict
 from telugu_jax.inference.s2s import load_s2s
 from telugu_jax.models.s2s import undelay
-from telugu_jax.train import checkpointing
+from telugu_jax import checkpoints
 from test_s2s_generation import teacher_forced_logits
 from test_s2s_model import TINY, random_variables
 from test_s2s_parity import TINY as TORCH_TINY
@@ -17,7 +17,7 @@ from test_s2s_parity import numpy_state, random_batch, torch_forward, torch_mode
 
 
 def save(directory, variables, config_dict, variant):
-  checkpointing.save(str(directory), 0, variables,
+  checkpoints.save(str(directory), 0, variables,
                      {"task": "s2s", "variant": variant, "model": config_dict})
 
 
@@ -61,6 +61,6 @@ def test_fixed_checkpoint(tmp_path):
 
 
 def test_rejects_other_checkpoints(tmp_path):
-  checkpointing.save(str(tmp_path), 0, {"params": {}}, {"task": "codec"})
+  checkpoints.save(str(tmp_path), 0, {"params": {}}, {"task": "codec"})
   with pytest.raises(ValueError, match="not an S2S checkpoint"):
     load_s2s(str(tmp_path))

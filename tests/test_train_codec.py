@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT
 
 from configs import codec as codec_configs
-from telugu_jax.train import checkpointing
+from telugu_jax import checkpoints
 from telugu_jax.train import codec as trainer
 
 TINY = {
@@ -92,7 +92,7 @@ def test_sigkill_resume_loses_nothing_and_sigterm_saves(tmp_path):
   wait_for_checkpoint(tmp_path / "killed")
   killed.kill()  # SIGKILL: no chance to clean up
   killed.wait()
-  latest = checkpointing.latest_step(str(tmp_path / "killed" / "checkpoints"))
+  latest = checkpoints.latest_step(str(tmp_path / "killed" / "checkpoints"))
   assert latest is not None and latest < total, latest
   trainer.train_and_evaluate(tiny_config(total_steps=total, checkpoint_every=2),
                              str(tmp_path / "killed"))
@@ -105,7 +105,7 @@ def test_sigkill_resume_loses_nothing_and_sigterm_saves(tmp_path):
   stopped.send_signal(signal.SIGTERM)
   output = stopped.communicate(timeout=300)[0]
   assert stopped.returncode == 0, output
-  latest = checkpointing.latest_step(str(tmp_path / "stopped" / "checkpoints"))
+  latest = checkpoints.latest_step(str(tmp_path / "stopped" / "checkpoints"))
   assert latest is not None and 2 <= latest < 1000
 
 
@@ -117,7 +117,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
     trainer.train_and_evaluate(
         tiny_config(total_steps=6, checkpoint_every=1, **{"loss_weights.l1": float("nan")}),
         workdir)
-  assert checkpointing.latest_step(os.path.join(workdir, "checkpoints")) == 2
+  assert checkpoints.latest_step(os.path.join(workdir, "checkpoints")) == 2
   state, _ = trainer.load_state(workdir, tiny_config())
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["gen"]["params"]))
 

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
   from telugu_jax.convert import torch_checkpoint
   from telugu_jax.convert.codec import CheckpointMismatchError
   from telugu_jax.convert.s2s import convert_s2s_state_dict, find_s2s_state_dict
-  from telugu_jax.train import checkpointing
+  from telugu_jax import checkpoints
 
   start = time.perf_counter()
   output = os.path.abspath(args.output)
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     # Orbax serialises JAX arrays with fewer intermediate copies than numpy views of the
     # memory-mapped input (peak 1.7 GB instead of 2.5 GB for the 785 MB checkpoint).
     state = jax.device_put(state)
-    checkpointing.save(partial, int(meta["step"]), state, meta)
+    checkpoints.save(partial, int(meta["step"]), state, meta)
     if os.path.exists(output):
       shutil.rmtree(output)
     os.replace(partial, output)

@@ -25,7 +25,7 @@ from telugu_jax.convert import codec as codec_convert
 from telugu_jax.convert.codec import CheckpointMismatchError
 from telugu_jax.models.codec import Codec
 from telugu_jax.models.discriminators import Discriminator
-from telugu_jax.train import optim
+from telugu_jax import optim
 
 CODEC_KEY, DISC_KEY = "codec_state_dict", "discriminator_state_dict"
 GEN_OPT_KEY, DISC_OPT_KEY = "gen_optimizer_state_dict", "disc_optimizer_state_dict"

@@ -241,3 +241,13 @@ def level_stats(samples: np.ndarray) -> dict[str, float]:
       "peak": float(magnitude.max()),
       "clipped_fraction": float(np.mean(magnitude >= CLIP_THRESHOLD)),
   }
+
+
+def bucket_length(length: int, unit: int) -> int:
+  """The smallest of `unit * (1, 1.5, 2, 3, 4, 6, 8, 12, ...)` that holds `length`."""
+  k = 0
+  while True:
+    for size in (unit << k, (3 * unit << k) // 2):
+      if size >= length:
+        return size
+    k += 1

@@ -22,22 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from telugu_jax import checkpoints
+from telugu_jax.data.audio import bucket_length
 from telugu_jax.models import codec as codec_lib
 from telugu_jax.models.codec import Codec
 from telugu_jax.models.discriminators import Discriminator
-from telugu_jax.train import checkpointing
 
 SAMPLE_RATE = 16000
-
-
-def bucket_length(length: int, unit: int) -> int:
-  """The smallest of `unit * (1, 1.5, 2, 3, 4, 6, 8, 12, ...)` that holds `length`."""
-  k = 0
-  while True:
-    for size in (unit << k, (3 * unit << k) // 2):
-      if size >= length:
-        return size
-    k += 1
 
 
 def _as_batch(wave: np.ndarray) -> np.ndarray:
@@ -142,21 +133,21 @@ def _kwargs(meta: dict[str, Any], key: str, path: str) -> dict[str, Any]:
 
 def load_codec(path: str, step: int | None = None, bucket_seconds: float = 1.0) -> CodecModel:
   """Loads the codec of a converted checkpoint or a training workdir (latest step by default)."""
-  root = checkpointing.resolve(path)
-  meta = checkpointing.read_meta(root, step)
+  root = checkpoints.resolve(path)
+  meta = checkpoints.read_meta(root, step)
   kwargs = _kwargs(meta, "codec", path)
   abstract = jax.eval_shape(
       lambda: Codec(**kwargs).init(jax.random.key(0), jnp.zeros((1, SAMPLE_RATE))))
-  gen = checkpointing.restore_subtree(root, {"gen": abstract}, step)["gen"]
+  gen = checkpoints.restore_subtree(root, {"gen": abstract}, step)["gen"]
   return CodecModel(kwargs, gen, bucket_seconds)
 
 
 def load_discriminator(path: str, step: int | None = None) -> DiscriminatorModel:
   """Loads the discriminator of a converted GAN checkpoint or a training workdir."""
-  root = checkpointing.resolve(path)
-  meta = checkpointing.read_meta(root, step)
+  root = checkpoints.resolve(path)
+  meta = checkpoints.read_meta(root, step)
   kwargs = _kwargs(meta, "discriminator", path)
   abstract = jax.eval_shape(
       lambda: Discriminator(**kwargs).init(jax.random.key(0), jnp.zeros((1, SAMPLE_RATE))))
-  return DiscriminatorModel(kwargs, checkpointing.restore_subtree(root, {"disc": abstract},
+  return DiscriminatorModel(kwargs, checkpoints.restore_subtree(root, {"disc": abstract},
                                                                   step)["disc"]["params"])

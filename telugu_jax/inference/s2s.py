@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from telugu_jax import checkpoints
 from telugu_jax.inference import generation
 from telugu_jax.models.s2s import S2SConfig, S2STransformer, teacher_forcing, undelay
-from telugu_jax.train import checkpointing
 
 
 @functools.partial(jax.jit, static_argnames="model")
@@ -119,7 +119,7 @@ def load_s2s(path: str, step: int | None = None) -> S2S:
       the `model` config dict, and whose state holds `params` and `batch_stats`.
     step: which step (default the latest).
   """
-  state, meta = checkpointing.restore(path, step)
+  state, meta = checkpoints.restore(path, step)
   if meta.get("task") != "s2s":
     raise ValueError(f"{path}: not an S2S checkpoint (task {meta.get('task')!r})")
   config = S2SConfig.from_dict({**meta["model"], "variant": meta["variant"]})

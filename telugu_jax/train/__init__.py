@@ -1,1 +1,1 @@
-"""Trainers, sharding and checkpointing."""
+"""Trainers, their shared loop helpers, and sharding."""

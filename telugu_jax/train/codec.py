@@ -28,15 +28,15 @@ import optax
 import soundfile
 from absl import logging
 
-from telugu_jax import losses
+from telugu_jax import checkpoints as checkpointing, losses, optim
 from telugu_jax.data import pipelines, sample_corpus
+from telugu_jax.data.audio import bucket_length
 from telugu_jax.evaluation import metrics as eval_metrics
 from telugu_jax.evaluation import plots
-from telugu_jax.inference.codec import bucket_length
 from telugu_jax.models import codec as codec_lib
 from telugu_jax.models.codec import Codec
 from telugu_jax.models.discriminators import Discriminator
-from telugu_jax.train import checkpointing, optim, sharding
+from telugu_jax.train import sharding
 
 State = dict[str, Any]
 SAMPLE_RATE = 16000
