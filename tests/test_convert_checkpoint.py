@@ -257,3 +257,11 @@ def _assert_fails_with_args(tmp_path, capsys, args, pattern):
   assert convert_tool.main([*args, f"--output={tmp_path / 'out'}"]) == 1
   assert pattern in capsys.readouterr().err
   assert not (tmp_path / "out").exists()
+
+
+def test_a_directory_input_is_named_as_such(tmp_path, capsys):
+  (tmp_path / "run").mkdir()
+  _assert_fails(tmp_path, capsys, tmp_path / "run",
+                f"error: {tmp_path / 'run'}: is a directory; expected a .pt file")
+  _assert_fails(tmp_path, capsys, tmp_path / "gone.pt",
+                f"error: {tmp_path / 'gone.pt'}: no such file")

@@ -1,7 +1,9 @@
 """tools/build_shards.py and its library: inputs, splits, bad files, resuming, the summary."""
 
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,6 +13,7 @@ import soundfile
 
 from telugu_jax.data import audio
 from telugu_jax.data import records
+from telugu_jax.data import report
 from telugu_jax.data import shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,6 +42,29 @@ def audio_folder(tmp_path):
   soundfile.write(root / "spk_b" / "silent_zero_length.wav", np.zeros((0, 1)), 16000)
   (root / "notes.md").write_text("not audio, ignored")
   return root
+
+
+@pytest.fixture
+def bad_audio_folder(tmp_path):
+  """Good audio and the bad audio a fault-injection run slipped past the builder."""
+  root = tmp_path / "bad"
+  root.mkdir()
+  soundfile.write(root / "good.wav", sine(0.5, 16000), 16000)
+  soundfile.write(root / "truncated.wav", sine(1.0, 16000), 16000, subtype="PCM_16")
+  data = (root / "truncated.wav").read_bytes()
+  (root / "truncated.wav").write_bytes(data[: len(data) // 2])  # the header still says 1 s
+  soundfile.write(root / "clipped.wav", np.clip(10 * sine(0.5, 16000), -1, 1), 16000)
+  soundfile.write(root / "silence.wav", np.zeros(40000), 16000)  # 3 all-zero segments of 1 s
+  soundfile.write(root / "quiet.wav", 1e-4 * np.sin(np.arange(8000) / 5), 16000, "FLOAT")  # -80 dB
+  soundfile.write(root / "half_silent.flac", np.concatenate([sine(1.0, 16000), np.zeros(16000)]),
+                  16000)  # fmt: skip
+  return root
+
+
+def strict_json(path):
+  """Parses a file as standard JSON: `NaN`, `Infinity` and `-Infinity` are errors."""
+  with open(path, encoding="utf-8") as f:
+    return json.loads(f.read(), parse_constant=lambda name: pytest.fail(f"{path}: {name}"))
 
 
 def all_records(output_dir):
@@ -202,3 +228,96 @@ def test_shard_writer_is_atomic(tmp_path):
     writer.write(records.encode_record({"pcm": np.ones(4, np.int16)}, {"k": 1}))
   assert os.listdir(tmp_path) == [path.name]
   assert records.shard_lengths([path]) == [1]
+
+
+def test_bad_audio_is_skipped_with_reasons_by_default(bad_audio_folder, tmp_path):
+  out = tmp_path / "out"
+  summary = shards.build_shards(bad_audio_folder, out, max_seconds=1.0, progress=False)
+  assert set(all_records(out)) == {("good.wav", 0), ("half_silent.flac", 0)}
+  assert all(meta["problems"] == [] for _, meta in all_records(out).values())
+  skipped = {entry["path"]: entry for entry in summary["skipped"]}
+  assert set(skipped) == {"truncated.wav", "clipped.wav", "silence.wav", "quiet.wav"}
+  assert skipped["truncated.wav"]["reason"].startswith(
+      "truncated.wav: truncated: the header declares 16000 frames (1.00 s), the file holds 79")
+  assert skipped["truncated.wav"]["problems"] == ["truncated"]
+  assert re.fullmatch(r"clipped.wav: clipped: 7\d\.\d\d% of samples at full scale \(limit 1.00%\)",
+                      skipped["clipped.wav"]["reason"])  # fmt: skip
+  assert skipped["silence.wav"]["reason"] == (
+      "silence.wav: all 3 segments rejected (3 silent); the first: silent: peak -inf dBFS, RMS "
+      "-inf dBFS (limits -60 and -70 dBFS)")
+  assert skipped["quiet.wav"]["reason"].startswith("quiet.wav: silent: peak -80.")
+  assert summary["skipped_segments"] == [{
+      "path": "half_silent.flac", "segment": 1, "problems": ["silent"],
+      "reason": "half_silent.flac (segment 2 of 2, 1.0-2.0 s): silent: peak -inf dBFS, RMS -inf "
+                "dBFS (limits -60 and -70 dBFS)"}]  # fmt: skip
+  assert summary["files"] == 2 and summary["warnings"] == []
+  assert summary["quality"] == dataclasses.asdict(shards.QualityRules())
+  assert strict_json(out / "summary.json") == summary
+  for path in records.list_shards(out):
+    strict_json(path + ".json")
+
+  # Looser rules let the clipped and the quiet file through.
+  loose = shards.QualityRules(max_clipped_fraction=0.9, min_peak_dbfs=-90, min_rms_dbfs=-100)
+  summary = shards.build_shards(bad_audio_folder, tmp_path / "loose", max_seconds=1.0,
+                                quality=loose, progress=False)  # fmt: skip
+  assert {e["path"] for e in summary["skipped"]} == {"truncated.wav", "silence.wav"}
+
+
+def test_bad_audio_is_kept_and_flagged_on_request(bad_audio_folder, tmp_path):
+  out = tmp_path / "out"
+  summary = shards.build_shards(bad_audio_folder, out, max_seconds=1.0, progress=False,
+                                quality=shards.QualityRules(keep_bad_audio=True))  # fmt: skip
+  recs = all_records(out)
+  problems = {key: meta["problems"] for key, (_, meta) in recs.items()}
+  assert problems == {
+      ("good.wav", 0): [], ("truncated.wav", 0): ["truncated"], ("clipped.wav", 0): ["clipped"],
+      ("silence.wav", 0): ["silent"], ("silence.wav", 1): ["silent"],
+      ("silence.wav", 2): ["silent"], ("quiet.wav", 0): ["silent"],
+      ("half_silent.flac", 0): [], ("half_silent.flac", 1): ["silent"]}  # fmt: skip
+  pcm, meta = recs[("truncated.wav", 0)]
+  assert 7900 < pcm.size < 8000 and meta["duration"] == pytest.approx(pcm.size / 16000)
+  assert recs[("silence.wav", 1)][1]["rms_dbfs"] is None  # standard JSON: null, not -Infinity
+  assert recs[("half_silent.flac", 0)][1]["rms_dbfs"] == pytest.approx(-13.5, abs=0.1)
+  assert summary["skipped"] == [] and summary["skipped_segments"] == []
+  warnings = [(entry["path"], entry.get("segment")) for entry in summary["warnings"]]
+  assert sorted(warnings, key=str) == sorted(
+      [("truncated.wav", None), ("clipped.wav", 0), ("silence.wav", 0), ("silence.wav", 1),
+       ("silence.wav", 2), ("quiet.wav", 0), ("half_silent.flac", 1)], key=str)  # fmt: skip
+  assert summary["warnings"][-1]["reason"].endswith("; kept what it holds")
+  assert strict_json(out / "summary.json") == summary
+  for path in records.list_shards(out):
+    strict_json(path + ".json")
+
+  # The data report reads the sidecars' nulls as silence.
+  metas = shards.read_index(records.list_shards(out))
+  levels = report.summarize(metas)["levels"]
+  assert levels["silent_records"] == 4 and levels["records_with_clipping"] == 1
+  written = report.write_report(metas, tmp_path / "report")
+  assert strict_json(written["json"])["levels"]["silent_records"] == 4
+
+
+def test_rerun_removes_temporary_files_of_an_interrupted_build(bad_audio_folder, tmp_path):
+  out = tmp_path / "out"
+  out.mkdir()
+  leftovers = ["summary.json.tmp-17", "train-00000-of-00001.arrayrecord.json.tmp-4242",
+               "train-00000-of-00001.arrayrecord.tmp-4242"]  # fmt: skip
+  for name in leftovers + ["notes.tmp-1.txt"]:
+    (out / name).write_bytes(b"partial")
+  summary = shards.build_shards(bad_audio_folder, out, progress=False)
+  assert summary["removed_temporary_files"] == leftovers
+  assert not [name for name in os.listdir(out) if ".tmp-" in name and name != "notes.tmp-1.txt"]
+
+
+def test_command_line_quality_flags(bad_audio_folder, tmp_path):
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, "tools", "build_shards.py"),
+       f"--input={bad_audio_folder}", f"--output={tmp_path / 'out'}", "--workers=1",
+       "--max_seconds=1", "--keep_bad_audio",
+       "--max_clipped_fraction=0.9", "--min_peak_dbfs=-90", "--min_rms_dbfs=-100"],  # fmt: skip
+      capture_output=True, text=True, timeout=120, check=True,  # fmt: skip
+  )
+  assert "6 files" in result.stdout and "5 warnings (bad audio kept):" in result.stdout
+  assert "silence.wav (segment 3 of 3, 1.7-2.5 s): silent" in result.stdout
+  assert strict_json(tmp_path / "out" / "summary.json")["quality"] == {
+      "max_clipped_fraction": 0.9, "min_peak_dbfs": -90.0, "min_rms_dbfs": -100.0,
+      "keep_bad_audio": True}  # fmt: skip

@@ -1,7 +1,11 @@
 """Inference wrapper (length buckets, masking), the code file format and the file CLI."""
 
 import importlib.util
+import json
 import pathlib
+import struct
+import types
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +18,7 @@ from telugu_jax import checkpoints
 from telugu_jax.data import audio
 from telugu_jax.inference import codec as inference_codec
 from telugu_jax.inference import codefile
+from telugu_jax.models import codec as codec_lib
 from telugu_jax.models.codec import Codec
 from telugu_jax.train import codec as codec_trainer
 from test_codec_parity import speechlike
@@ -68,12 +73,98 @@ def test_code_file_round_trip_and_errors(tmp_path):
   header = size - 8 * 77 * 10 // 8
   assert header < 200  # 10 bits per code: 770 bytes of codes, not 1232 as uint16
   (tmp_path / "cut.tjc").write_bytes((tmp_path / "a.tjc").read_bytes()[:-5])
-  with pytest.raises(codefile.CodeFileError, match="cut.tjc: truncated"):
+  with pytest.raises(codefile.CodeFileError, match="cut.tjc: checksum mismatch.*truncated"):
     codefile.read(str(tmp_path / "cut.tjc"))
   (tmp_path / "bad.tjc").write_bytes(b"RIFF....")
   with pytest.raises(codefile.CodeFileError, match="bad magic"):
     codefile.read(str(tmp_path / "bad.tjc"))
   np.testing.assert_array_equal(codefile.unpack(codefile.pack([0, 1, 5, 7], 3), 4, 3), [0, 1, 5, 7])
+
+
+# A codec as `codefile.read` sees it: the default architecture makes 191 frames of 15300 samples.
+FAKE_CODEC = types.SimpleNamespace(config_hash="abc", sample_rate=16000, num_quantizers=8,
+                                   codebook_size=1024, num_frames=codec_lib.num_frames)
+HEADER = {"sample_rate": 16000, "num_samples": 15300, "num_quantizers": 8, "num_frames": 191,
+          "bits": 10, "config_hash": "abc", "source": "a.wav"}
+
+
+def _raw_code_file(path, header, codes, version):
+  """Writes a code file byte by byte as format `version` would hold `header` and `codes`."""
+  encoded = json.dumps(header).encode()
+  body = (struct.pack("<4sBI", b"TJXC", version, len(encoded)) + encoded
+          + codefile.pack(codes, header["bits"]))
+  path.write_bytes(body + (struct.pack("<I", zlib.crc32(body)) if version == 2 else b""))
+  return str(path)
+
+
+def test_code_file_checksum_catches_any_flipped_byte(tmp_path):
+  codes = np.random.default_rng(1).integers(0, 1024, size=(8, 191)).astype(np.int32)
+  path = tmp_path / "a.tjc"
+  codefile.write(str(path), codefile.CodeFile(codes, 16000, 15300, "abc"), codebook_size=1024)
+  np.testing.assert_array_equal(codefile.read(str(path), FAKE_CODEC).codes, codes)
+  data = path.read_bytes()
+  assert data[4] == 2 and b'"codebook_size": 1024' in data
+  digit = data.index(b"15300") + 2  # the original length: 15300 -> 15200, still 191 frames
+  for name, offset in (("digit", digit), ("payload", len(data) - 100)):
+    flipped = bytearray(data)
+    flipped[offset] ^= 0x01
+    (tmp_path / f"{name}.tjc").write_bytes(bytes(flipped))
+    with pytest.raises(codefile.CodeFileError, match=f"{name}.tjc: checksum mismatch"):
+      codefile.read(str(tmp_path / f"{name}.tjc"))
+  for version, pattern in ((1, r"unknown fields \['codebook_size'\]"),
+                           (3, "format version 3; this reader knows 1, 2")):
+    (tmp_path / "v.tjc").write_bytes(data[:4] + bytes([version]) + data[5:])
+    with pytest.raises(codefile.CodeFileError, match=pattern):
+      codefile.read(str(tmp_path / "v.tjc"))
+
+
+def test_code_file_version_1_is_read_and_every_header_field_checked(tmp_path):
+  codes = np.random.default_rng(2).integers(0, 1024, size=(8, 191)).astype(np.int32)
+  back = codefile.read(_raw_code_file(tmp_path / "v1.tjc", HEADER, codes, 1), FAKE_CODEC)
+  np.testing.assert_array_equal(back.codes, codes)
+  assert (back.sample_rate, back.num_samples, back.source) == (16000, 15300, "a.wav")
+
+  def fails(pattern, version=1, codec=None, data=codes, **changes):
+    header = {**HEADER, **({"codebook_size": 1024} if version == 2 else {}), **changes}
+    header = {k: v for k, v in header.items() if v is not None}  # None removes a field
+    path = _raw_code_file(tmp_path / "x.tjc", header, data, version)
+    with pytest.raises(codefile.CodeFileError, match=pattern):
+      codefile.read(path, codec)
+
+  fails(r"x.tjc: invalid header \(sample_rate -16000 is not an integer", sample_rate=-16000)
+  fails(r"invalid header \(num_frames 191.0 is not an integer", num_frames=191.0)
+  fails(r"invalid header \(num_samples True", num_samples=True)
+  fails(r"invalid header \(bits 32 is not an integer in \[1, 31\]", bits=32)
+  fails(r"missing fields \['num_quantizers'\], unknown fields \['num_quantisers'\]",
+        num_quantizers=None, num_quantisers=8)
+  fails(r"config_hash '' is not a non-empty string", config_hash="")
+  fails("corrupted header .*NaN is not a JSON number", num_samples=float("nan"))
+  fails("x.tjc: truncated or corrupted: 1910 bytes of codes, expected 1900", num_frames=190)
+  fails("x.tjc: sample rate 22050 Hz in the header, the codec runs at 16000 Hz",
+        codec=FAKE_CODEC, sample_rate=22050)
+  fails("x.tjc: 191 frames in the header, but the codec makes 199 of the original 16000 samples",
+        codec=FAKE_CODEC, num_samples=16000)
+  fails("x.tjc: made by a codec with configuration hash 0123, this checkpoint's is abc",
+        codec=FAKE_CODEC, config_hash="0123")
+  fails("x.tjc: 11 bits per code in the header, the codec's codebook has 1024 codes \\(10 bits",
+        codec=FAKE_CODEC, bits=11)
+  fails("x.tjc: code 1023 outside the codec's codebook of 1000", data=codes * 0 + 1023,
+        codec=types.SimpleNamespace(**{**vars(FAKE_CODEC), "codebook_size": 1000}))
+  fails("x.tjc: 7 codebook levels in the header, the codec has 8", data=codes[:7],
+        codec=FAKE_CODEC, num_quantizers=7)
+  # Version 2 headers (checksum intact, as a faulty writer would make them):
+  fails(r"invalid header \(9 bits per code do not fit a codebook of 1024: expected 10", 2,
+        bits=9, data=codes // 2)
+  fails("missing fields \\['codebook_size'\\]", 2, codebook_size=None)
+  fails("x.tjc: corrupted codes: 1023 outside the codebook of 1000", 2, codebook_size=1000,
+        data=codes * 0 + 1023)
+  fails("x.tjc: codebook size 512, 9 bits per code in the header, the codec's codebook has 1024",
+        2, codec=FAKE_CODEC, codebook_size=512, bits=9, data=codes // 2)
+  with pytest.raises(ValueError, match=r"codes must lie in \[0, 1000\)"):
+    codefile.write(str(tmp_path / "w.tjc"), codefile.CodeFile(codes, 16000, 15300, "abc"), 1000)
+  with pytest.raises(codefile.CodeFileError, match="w.tjc: invalid header \\(num_frames 0"):
+    codefile.write(str(tmp_path / "w.tjc"), codefile.CodeFile(codes[:, :0], 16000, 1, "abc"), 1024)
+  assert not list(tmp_path.glob("w.tjc*"))
 
 
 def _tool(name):

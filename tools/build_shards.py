@@ -10,8 +10,12 @@ Audio is folded to mono (channel mean) and resampled to 16 kHz. Without a `split
 `train` or `validation` by a hash of their path, identically on every run and machine.
 
 Rerunning the same command resumes: finished shards (recognised by their `.json` sidecar and an
-input fingerprint) are skipped. Corrupt, empty or unreadable files are skipped and listed in the
-summary (and in `summary.json`), never fatal. See `telugu_jax/data/shards.py` for the details.
+input fingerprint) are skipped, and temporary files of an interrupted build are deleted. Corrupt,
+empty or unreadable files are skipped and listed in the summary (and in `summary.json`), never
+fatal. So are, by default, truncated WAV files and mostly clipped or silent segments (see
+`--max_clipped_fraction`, `--min_peak_dbfs`, `--min_rms_dbfs`); with `--keep_bad_audio` they are
+kept, flagged in the record metadata (`problems`) and listed as warnings. See
+`telugu_jax/data/shards.py` for the details.
 """
 
 import os
@@ -37,6 +41,21 @@ _MAX_SECONDS = flags.DEFINE_float(
 _SOURCE = flags.DEFINE_string(
     "source", None, "Source name stored in records (default: the input's name)."
 )
+_KEEP_BAD_AUDIO = flags.DEFINE_bool(
+    "keep_bad_audio", False,
+    "Keep truncated files (what they hold) and clipped or silent segments, flagged in the "
+    "metadata and listed as warnings, instead of skipping them.",
+)
+_MAX_CLIPPED = flags.DEFINE_float(
+    "max_clipped_fraction", 0.01,
+    "A segment with a larger share of samples at full scale is clipped.",
+)
+_MIN_PEAK = flags.DEFINE_float(
+    "min_peak_dbfs", -60.0, "A segment whose peak is below this level is silent."
+)
+_MIN_RMS = flags.DEFINE_float(
+    "min_rms_dbfs", -70.0, "A segment whose RMS level is below this is silent."
+)
 flags.mark_flags_as_required(["input", "output"])
 
 
@@ -50,6 +69,12 @@ def main(argv):
       validation_fraction=_VALIDATION.value,
       max_seconds=_MAX_SECONDS.value,
       source=_SOURCE.value,
+      quality=shards.QualityRules(
+          max_clipped_fraction=_MAX_CLIPPED.value,
+          min_peak_dbfs=_MIN_PEAK.value,
+          min_rms_dbfs=_MIN_RMS.value,
+          keep_bad_audio=_KEEP_BAD_AUDIO.value,
+      ),
   )
   print(shards.format_summary(summary))
 

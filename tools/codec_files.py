@@ -6,10 +6,11 @@
 
 `--checkpoint` is a converted checkpoint or a training workdir. Audio may be WAV, FLAC, MP3 or
 OGG at any sample rate, mono or stereo (channels are averaged, then resampled to 16 kHz). A
-folder is processed recursively, mirroring its layout; files that cannot be read are skipped and
-listed at the end (the exit code is then 1). The code file format is documented in
-`telugu_jax/inference/codefile.py`; decoding checks that the file was made by a codec of the
-same architecture.
+folder is processed recursively, mirroring its layout; files that cannot be read (or, when
+decoding, fail a check) are skipped and listed at the end (the exit code is then 1). The code
+file format is documented in `telugu_jax/inference/codefile.py`; decoding verifies each file's
+checksum and header, and that it was made by a codec of the same architecture, sample rate and
+number of levels, with as many frames as that codec makes of the clip's original length.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ def encode_file(codec, source: str, target: str) -> float:
   from telugu_jax.inference import codefile
 
   wave = load_audio(source, codec.sample_rate)
-  if wave.size == 0:
-    raise ValueError(f"{source}: no samples")
+  if codec.num_frames(wave.size) < 1:
+    raise ValueError(f"{source}: {wave.size} samples, shorter than one codec frame")
   codes = codec.encode(wave[None])[0]
   codefile.write(target, codefile.CodeFile(codes, codec.sample_rate, wave.size, codec.config_hash,
                                             os.path.basename(source)), codec.codebook_size)
@@ -54,10 +55,7 @@ def encode_file(codec, source: str, target: str) -> float:
 def decode_file(codec, source: str, target: str) -> float:
   from telugu_jax.inference import codefile
 
-  code_file = codefile.read(source)
-  if code_file.config_hash != codec.config_hash:
-    raise ValueError(f"{source}: made by a codec with configuration hash {code_file.config_hash}, "
-                     f"this checkpoint's is {codec.config_hash}")
+  code_file = codefile.read(source, codec)
   wave = codec.decode(code_file.codes[None])[0]
   wave = wave[: code_file.num_samples]
   wave = np.pad(wave, (0, code_file.num_samples - wave.size))

@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
   output = os.path.abspath(args.output)
   partial = f"{output}.partial-{os.getpid()}"
   try:
+    if os.path.isdir(args.input):
+      raise torch_checkpoint.ConversionError("is a directory; expected a .pt file")
     if not os.path.isfile(args.input):
-      raise torch_checkpoint.ConversionError(f"{args.input}: no such file")
+      raise torch_checkpoint.ConversionError("no such file")
     if os.path.exists(output) and os.listdir(output) and not args.overwrite:
       raise torch_checkpoint.ConversionError(
           f"{output} exists and is not empty (pass --overwrite to replace it)")
@@ -97,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     os.replace(partial, output)
   except (torch_checkpoint.ConversionError, CheckpointMismatchError) as e:
     shutil.rmtree(partial, ignore_errors=True)
-    print(f"error: {args.input}: {e}", file=sys.stderr)
+    message = str(e)  # Most messages name the file already; the others get it in front.
+    print(f"error: {message if message.startswith(args.input) else f'{args.input}: {message}'}",
+          file=sys.stderr)
     return 1
   except BaseException:
     shutil.rmtree(partial, ignore_errors=True)

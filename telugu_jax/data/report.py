@@ -1,7 +1,9 @@
 """Data report for audio shards: hours per source and speaker, durations, levels, clipping.
 
 Works from the per-record metadata of `shards.read_index` (the shard builder's sidecars, so no
-audio needs decoding; shards without sidecars are scanned instead).
+audio needs decoding; shards without sidecars are scanned instead). A level may be `None` (how
+sidecars store the RMS in dBFS of digital silence) or, in shards built before that, -inf: both
+count as silent.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ import numpy as np
 _PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 
 
-def _percentiles(values: Sequence[float]) -> dict[str, float]:
-  finite = np.asarray([v for v in values if math.isfinite(v)], np.float64)
+def _finite(value: float | None) -> bool:
+  return value is not None and math.isfinite(value)
+
+
+def _percentiles(values: Sequence[float | None]) -> dict[str, float]:
+  finite = np.asarray([v for v in values if _finite(v)], np.float64)
   if finite.size == 0:
     return {}
   return {f"p{p}": float(np.percentile(finite, p)) for p in _PERCENTILES}
@@ -36,13 +42,13 @@ def _hours_by(metas: Sequence[dict[str, Any]], field: str) -> dict[str, dict[str
 
 def _levels(metas: Sequence[dict[str, Any]]) -> dict[str, Any]:
   rms = [m["rms_dbfs"] for m in metas if "rms_dbfs" in m]
-  peaks = [m["peak"] for m in metas if "peak" in m]
-  clipped = [m["clipped_fraction"] for m in metas if "clipped_fraction" in m]
+  peaks = [m["peak"] for m in metas if _finite(m.get("peak"))]
+  clipped = [m["clipped_fraction"] for m in metas if _finite(m.get("clipped_fraction"))]
   n = max(len(clipped), 1)
   return {
       "rms_dbfs": _percentiles(rms),
       "peak": _percentiles(peaks),
-      "silent_records": sum(1 for v in rms if not math.isfinite(v)),
+      "silent_records": sum(1 for v in rms if not _finite(v)),
       "records_with_clipping": sum(1 for c in clipped if c > 0),
       "share_with_clipping": sum(1 for c in clipped if c > 0) / n,
       "share_over_0.1pct_clipped": sum(1 for c in clipped if c > 1e-3) / n,
@@ -55,7 +61,8 @@ def summarize(metas: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
   Args:
     metas: per-record metadata with `duration` and, from the shard builder, `source`,
-      `speaker`, `split`, `rms_dbfs`, `peak`, `clipped_fraction`.
+      `speaker`, `split`, `rms_dbfs` (None or -inf for digital silence), `peak`,
+      `clipped_fraction`.
 
   Returns:
     A JSON-able dict.
@@ -108,7 +115,7 @@ def _plot_histograms(metas: Sequence[dict[str, Any]], output_dir: str) -> dict[s
   fig.savefig(paths["duration_histogram"], dpi=100)
   plt.close(fig)
 
-  rms = [m["rms_dbfs"] for m in metas if math.isfinite(m.get("rms_dbfs", -math.inf))]
+  rms = [m["rms_dbfs"] for m in metas if _finite(m.get("rms_dbfs"))]
   if rms:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.hist(rms, bins=40)
@@ -193,7 +200,7 @@ def write_report(
   paths = {"json": os.path.join(output_dir, "report.json"),
            "markdown": os.path.join(output_dir, "report.md"), **images}  # fmt: skip
   with open(paths["json"], "w", encoding="utf-8") as f:
-    json.dump(summary, f, ensure_ascii=False, indent=1)
+    json.dump(summary, f, ensure_ascii=False, indent=1, allow_nan=False)
   with open(paths["markdown"], "w", encoding="utf-8") as f:
     f.write(_markdown(summary, images, top_speakers))
   return paths

@@ -18,33 +18,58 @@ dropped, since they no longer align).
 Outputs, in the output folder
   * `{split}-{i:05d}-of-{n:05d}.arrayrecord`: audio records (`records.py`);
   * a JSON sidecar per shard (`<shard>.json`) with its input fingerprint, the per-record
-    metadata and level statistics, and every skipped file with the reason;
-  * `summary.json`: totals per split (hours, files, records) and the skipped files.
+    metadata (level statistics of the segment's source samples and its `problems`, see below),
+    and every skipped file, skipped segment and warning with the reason;
+  * `summary.json`: totals per split (hours, files, records), the skipped files, skipped
+    segments and warnings, and the quality rules applied.
 
-A shard whose sidecar exists and whose fingerprint matches the current inputs is not rebuilt,
-so an interrupted build resumes where it stopped. Corrupt, empty or unreadable files are
-skipped and listed, never fatal.
+A shard whose sidecar exists and whose fingerprint matches the current inputs (and settings) is
+not rebuilt, so an interrupted build resumes where it stopped; temporary files an interrupted
+build left in the output folder (`*.arrayrecord.tmp-<pid>`, `*.json.tmp-<pid>`) are deleted, so
+only one build may write to a folder at a time. Corrupt, empty or unreadable files are skipped
+and listed, never fatal.
+
+Quality checks (`QualityRules`; each is listed in `summary.json` with the file and the reason)
+  * truncated: a WAV whose `data` chunk declares more frames than the file holds (libsndfile
+    reads the part that is there without a word). Such files are skipped. FLAC and Ogg files cut
+    short fail to decode and are skipped as corrupt; MP3 headers hold no reliable length, so a cut
+    MP3 is not detected.
+  * clipped: a segment with more than `max_clipped_fraction` (1%) of its samples at full scale.
+  * silent: a segment whose peak is below `min_peak_dbfs` (-60 dBFS) or whose RMS is below
+    `min_rms_dbfs` (-70 dBFS), digital silence included.
+  Clipped and silent segments are dropped (`skipped_segments`; a file none of whose segments is
+  kept is a skipped file). With `keep_bad_audio` all of them are kept instead, their problems
+  listed in the record metadata (`problems`) and in the summary's `warnings`.
+
+All JSON written here is standard JSON: a level that does not exist (the RMS in dBFS of digital
+silence) is `null`, never `-Infinity` or `NaN`.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import csv
 import dataclasses
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import tqdm
 
 from telugu_jax.data import audio
 from telugu_jax.data import records
 
-SIDECAR_FORMAT = "telugu_jax.audio_shard/1"
+SIDECAR_FORMAT = "telugu_jax.audio_shard/2"
+_READABLE_SIDECAR_FORMATS = ("telugu_jax.audio_shard/1", SIDECAR_FORMAT)
+_TEMPORARY_FILE = re.compile(r".+\.(arrayrecord|json)\.tmp-\d+")
 SUMMARY_NAME = "summary.json"
 SPLITS = ("train", "validation", "test")
 _SPLIT_ALIASES = {
@@ -65,6 +90,43 @@ class SourceItem:
   split: str = "train"
 
 
+def _dbfs(level: float) -> float:
+  return 20.0 * math.log10(level) if level > 0 else -math.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityRules:
+  """Which audio the shard builder rejects, or with `keep_bad_audio` keeps and flags.
+
+  Attributes:
+    max_clipped_fraction: a segment with a larger share of samples at full scale (|x| >=
+      `audio.CLIP_THRESHOLD` in any channel of the source) is `clipped`.
+    min_peak_dbfs: a segment whose peak lies below this is `silent`.
+    min_rms_dbfs: a segment whose RMS (of the mono fold) lies below this is `silent`.
+    keep_bad_audio: keep truncated files (their readable part) and clipped and silent segments,
+      flagged in the record metadata and listed in the summary's warnings, instead of skipping
+      them.
+  """
+
+  max_clipped_fraction: float = 0.01
+  min_peak_dbfs: float = -60.0
+  min_rms_dbfs: float = -70.0
+  keep_bad_audio: bool = False
+
+  def segment_problems(self, stats: dict[str, float]) -> list[tuple[str, str]]:
+    """`(problem, description)` pairs for a segment with these `audio.level_stats`."""
+    problems = []
+    if stats["clipped_fraction"] > self.max_clipped_fraction:
+      problems.append(("clipped", f"clipped: {stats['clipped_fraction']:.2%} of samples at full "
+                                  f"scale (limit {self.max_clipped_fraction:.2%})"))
+    peak_dbfs = _dbfs(stats["peak"])
+    if peak_dbfs < self.min_peak_dbfs or stats["rms_dbfs"] < self.min_rms_dbfs:
+      problems.append(("silent", f"silent: peak {peak_dbfs:.1f} dBFS, RMS "
+                                 f"{stats['rms_dbfs']:.1f} dBFS (limits {self.min_peak_dbfs:g} "
+                                 f"and {self.min_rms_dbfs:g} dBFS)"))
+    return problems
+
+
 @dataclasses.dataclass(frozen=True)
 class ShardTask:
   """The files of one output shard."""
@@ -72,10 +134,12 @@ class ShardTask:
   path: str
   items: tuple[SourceItem, ...]
   max_seconds: float
+  quality: QualityRules = QualityRules()
 
   def fingerprint(self) -> str:
     """Hash of the inputs (paths, metadata, sizes, modification times) and settings."""
-    h = hashlib.sha256(f"{SIDECAR_FORMAT}|{self.max_seconds}".encode())
+    settings = json.dumps(dataclasses.asdict(self.quality), sort_keys=True)
+    h = hashlib.sha256(f"{SIDECAR_FORMAT}|{self.max_seconds}|{settings}".encode())
     for item in self.items:
       try:
         stat = os.stat(item.path)
@@ -221,6 +285,7 @@ def plan_shards(
     *,
     shard_size: int,
     max_seconds: float,
+    quality: QualityRules = QualityRules(),
 ) -> list[ShardTask]:
   """Groups items by split into shards of `shard_size` files (sorted by key within a split)."""
   if shard_size <= 0:
@@ -232,7 +297,9 @@ def plan_shards(
     for s in range(n):
       name = f"{split}-{s:05d}-of-{n:05d}{records.SHARD_SUFFIX}"
       chunk = tuple(split_items[s * shard_size : (s + 1) * shard_size])
-      tasks.append(ShardTask(os.path.join(os.fspath(output_dir), name), chunk, max_seconds))
+      tasks.append(
+          ShardTask(os.path.join(os.fspath(output_dir), name), chunk, max_seconds, quality)
+      )
   return tasks
 
 
@@ -243,22 +310,89 @@ def _segments(length: int, max_samples: int) -> list[tuple[int, int]]:
   return list(zip(bounds[:-1], bounds[1:]))
 
 
+def _wav_declared_frames(path: str) -> int | None:
+  """Frames the `data` chunk of a RIFF/WAVE file declares; None if not WAVE or length unknown."""
+  with open(path, "rb") as f:
+    riff = f.read(12)
+    if len(riff) < 12 or riff[:4] != b"RIFF" or riff[8:] != b"WAVE":
+      return None
+    block_align = 0
+    while len(chunk := f.read(8)) == 8:
+      chunk_id, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+      if chunk_id == b"data":  # Streaming writers leave the size 0 or 0xFFFFFFFF: unknown.
+        return size // block_align if block_align and size not in (0, 0xFFFFFFFF) else None
+      body = f.read(min(size, 16)) if chunk_id == b"fmt " else b""
+      if len(body) >= 14:
+        block_align = int.from_bytes(body[12:14], "little")
+      f.seek(size + size % 2 - len(body), os.SEEK_CUR)
+  return None
+
+
+def _truncation(item: SourceItem, frames: int, rate: int) -> str | None:
+  """Why `item` counts as truncated (its header declares more than the `frames` read), or None."""
+  declared = _wav_declared_frames(item.path) if item.path.lower().endswith(".wav") else None
+  if declared is None or declared <= frames:
+    return None
+  return (f"{item.key}: truncated: the header declares {declared} frames "
+          f"({declared / rate:.2f} s), the file holds {frames} ({frames / rate:.2f} s)")
+
+
+def _json_levels(stats: dict[str, float]) -> dict[str, float | None]:
+  """`audio.level_stats` as standard JSON: a level that does not exist (-inf dBFS) is None."""
+  return {name: float(value) if math.isfinite(value) else None for name, value in stats.items()}
+
+
+def _check_segments(
+    item: SourceItem, samples: np.ndarray, rate: int, cuts: Sequence[tuple[int, int]],
+    rules: QualityRules,
+) -> list[dict[str, Any]]:
+  """Level statistics and problems of each 16 kHz segment, measured on the source samples.
+
+  Returns:
+    Per segment: `stats` (`audio.level_stats`), `problems` (names), `description` (of the
+    problems) and `reason` (the file, the segment and the description), the last two "" when
+    there are no problems.
+  """
+  total = cuts[-1][1]
+  segments = []
+  for index, (start, end) in enumerate(cuts):
+    first = min(round(start * len(samples) / total), len(samples) - 1)
+    last = max(round(end * len(samples) / total), first + 1)
+    stats = audio.level_stats(samples[first:last])
+    problems = rules.segment_problems(stats)
+    where = item.key if len(cuts) == 1 else (
+        f"{item.key} (segment {index + 1} of {len(cuts)}, "
+        f"{start / audio.SAMPLE_RATE:.1f}-{end / audio.SAMPLE_RATE:.1f} s)")
+    description = "; ".join(text for _, text in problems)
+    segments.append({
+        "stats": stats,
+        "problems": [name for name, _ in problems],
+        "description": description,
+        "reason": f"{where}: {description}" if problems else "",
+    })
+  return segments
+
+
 def build_shard(task: ShardTask) -> dict[str, Any]:
-  """Decodes the files of one shard and writes it with its sidecar. Runs in worker processes.
+  """Decodes the files of one shard, checks their quality and writes the shard and its sidecar.
+
+  Runs in worker processes.
 
   Args:
     task: the shard to build.
 
   Returns:
-    The sidecar dict (also written to `<shard>.json`).
+    The sidecar dict (also written to `<shard>.json`): the input fingerprint, the metadata of
+    every record, and the skipped files, skipped segments and warnings, each with its reason.
   """
-  kept, skipped = [], []
+  rules = task.quality
+  kept, skipped, skipped_segments, warnings = [], [], [], []
   seconds = 0.0
   with records.ShardWriter(task.path) as writer:
     for item in task.items:
       try:
         samples, rate = audio.read_audio(item.path, name=item.key)
-        stats = audio.level_stats(samples)
+        truncated = _truncation(item, samples.shape[0], rate)
         wave = audio.resample(audio.to_mono(samples), rate, audio.SAMPLE_RATE)
         pcm = audio.float_to_pcm16(wave)
         if pcm.size == 0:
@@ -269,8 +403,35 @@ def build_shard(task: ShardTask) -> dict[str, Any]:
       except (OSError, RuntimeError, ValueError, MemoryError) as e:  # I/O or library failures
         skipped.append({"path": item.key, "reason": f"{item.key}: {type(e).__name__}: {e}"})
         continue
+      file_problems = []
+      if truncated:
+        if not rules.keep_bad_audio:
+          skipped.append({"path": item.key, "reason": truncated, "problems": ["truncated"]})
+          continue
+        warnings.append({"path": item.key, "reason": f"{truncated}; kept what it holds",
+                         "problems": ["truncated"]})  # fmt: skip
+        file_problems = ["truncated"]
       cuts = _segments(pcm.size, max(1, int(task.max_seconds * audio.SAMPLE_RATE)))
-      for index, (start, end) in enumerate(cuts):
+      segments = _check_segments(item, samples, rate, cuts, rules)
+      bad = [{"path": item.key, "segment": index, "reason": segment["reason"],
+              "problems": segment["problems"]}
+             for index, segment in enumerate(segments) if segment["problems"]]  # fmt: skip
+      if rules.keep_bad_audio:
+        warnings.extend(bad)
+      elif len(bad) == len(segments):
+        counts = collections.Counter(p for entry in bad for p in entry["problems"])
+        first = next(segment for segment in segments if segment["problems"])
+        reason = first["reason"] if len(bad) == 1 else (
+            f"{item.key}: all {len(bad)} segments rejected "
+            f"({', '.join(f'{n} {problem}' for problem, n in sorted(counts.items()))}); the "
+            f"first: {first['description']}")
+        skipped.append({"path": item.key, "reason": reason, "problems": sorted(counts)})
+        continue
+      else:
+        skipped_segments.extend(bad)
+      for index, ((start, end), segment) in enumerate(zip(cuts, segments)):
+        if segment["problems"] and not rules.keep_bad_audio:
+          continue
         meta = {
             "kind": "audio",
             "key": item.key,
@@ -285,7 +446,8 @@ def build_shard(task: ShardTask) -> dict[str, Any]:
             "num_segments": len(cuts),
             "orig_sample_rate": rate,
             "orig_channels": int(samples.shape[1]),
-            **stats,
+            "problems": file_problems + segment["problems"],
+            **_json_levels(segment["stats"]),
         }
         writer.write(records.encode_record({"pcm": pcm[start:end]}, meta))
         kept.append(meta)
@@ -298,6 +460,8 @@ def build_shard(task: ShardTask) -> dict[str, Any]:
       "num_records": len(kept),
       "seconds": seconds,
       "skipped": skipped,
+      "skipped_segments": skipped_segments,
+      "warnings": warnings,
   }
   _write_json(task.path + ".json", sidecar)
   return sidecar
@@ -306,7 +470,7 @@ def build_shard(task: ShardTask) -> dict[str, Any]:
 def _write_json(path: str, obj: Any) -> None:
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, ensure_ascii=False, indent=1, allow_nan=True)
+    json.dump(obj, f, ensure_ascii=False, indent=1, allow_nan=False)
   os.replace(tmp, path)
 
 
@@ -317,7 +481,7 @@ def read_sidecar(shard_path: str) -> dict[str, Any] | None:
       sidecar = json.load(f)
   except (OSError, json.JSONDecodeError):
     return None
-  return sidecar if sidecar.get("format") == SIDECAR_FORMAT else None
+  return sidecar if sidecar.get("format") in _READABLE_SIDECAR_FORMATS else None
 
 
 def _is_finished(task: ShardTask) -> dict[str, Any] | None:
@@ -325,6 +489,17 @@ def _is_finished(task: ShardTask) -> dict[str, Any] | None:
   if sidecar is None or not os.path.isfile(task.path):
     return None
   return sidecar if sidecar.get("fingerprint") == task.fingerprint() else None
+
+
+def _remove_temporary_files(output_dir: str) -> list[str]:
+  """Deletes the temporary shards and JSON files that interrupted builds left behind."""
+  removed = sorted(
+      name for name in os.listdir(output_dir)
+      if _TEMPORARY_FILE.fullmatch(name) and os.path.isfile(os.path.join(output_dir, name))
+  )
+  for name in removed:
+    os.remove(os.path.join(output_dir, name))
+  return removed
 
 
 def _remove_stale_shards(output_dir: str, tasks: Sequence[ShardTask]) -> list[str]:
@@ -350,6 +525,7 @@ def build_shards(
     validation_fraction: float = 0.1,
     max_seconds: float = 30.0,
     source: str | None = None,
+    quality: QualityRules = QualityRules(),
     progress: bool = True,
 ) -> dict[str, Any]:
   """Builds (or resumes building) audio shards; see the module docstring.
@@ -362,11 +538,13 @@ def build_shards(
     validation_fraction: share of files hashed into `validation` (when no split is given).
     max_seconds: longer files are cut into segments of at most this length.
     source: source name stored in records (default: the input's name).
+    quality: what counts as truncated, clipped or silent, and whether such audio is kept.
     progress: show a tqdm progress bar.
 
   Returns:
     The summary (also written to `summary.json`): per-split hours/files/records/shards, the
-    skipped files with reasons, and the shard counts built now and reused.
+    skipped files, skipped segments and warnings with reasons, the quality rules, the
+    temporary files of earlier builds removed, and the shard counts built now and reused.
   """
   input_path = os.fspath(input_path)
   output_dir = os.fspath(output_dir)
@@ -377,7 +555,13 @@ def build_shards(
   else:
     raise FileNotFoundError(f"{input_path}: no such folder or manifest")
   os.makedirs(output_dir, exist_ok=True)
-  tasks = plan_shards(items, output_dir, shard_size=shard_size, max_seconds=max_seconds)
+  tasks = plan_shards(
+      items, output_dir, shard_size=shard_size, max_seconds=max_seconds, quality=quality
+  )
+  temporary = _remove_temporary_files(output_dir)
+  if temporary:
+    logging.warning("Removed %d temporary files of an interrupted build: %s",
+                    len(temporary), temporary)  # fmt: skip
   removed = _remove_stale_shards(output_dir, tasks)
   if removed:
     logging.warning("Removed %d shards of an earlier build with other inputs: %s",
@@ -404,6 +588,8 @@ def build_shards(
       sidecars[task.path] = sidecar
       bar.update(len(task.items))
   summary = _summarize(tasks, sidecars, reused=reused)
+  summary["quality"] = dataclasses.asdict(quality)
+  summary["removed_temporary_files"] = temporary
   _write_json(os.path.join(output_dir, SUMMARY_NAME), summary)
   return summary
 
@@ -427,24 +613,24 @@ def _summarize(
     tasks: Sequence[ShardTask], sidecars: dict[str, dict[str, Any]], *, reused: int
 ) -> dict[str, Any]:
   splits: dict[str, dict[str, Any]] = {}
-  skipped = []
+  lists: dict[str, list[dict[str, Any]]] = {"skipped": [], "skipped_segments": [], "warnings": []}
   for task in tasks:
     sidecar = sidecars[task.path]
     split = os.path.basename(task.path).split("-", 1)[0]
-    entry = splits.setdefault(
-        split, {"shards": [], "files": 0, "records": 0, "hours": 0.0, "skipped": 0}
-    )
+    entry = splits.setdefault(split, {"shards": [], "files": 0, "records": 0, "hours": 0.0,
+                                      **{name: 0 for name in lists}})  # fmt: skip
     entry["shards"].append(os.path.basename(task.path))
     entry["files"] += sidecar["files"] - len(sidecar["skipped"])
     entry["records"] += sidecar["num_records"]
     entry["hours"] += sidecar["seconds"] / 3600.0
-    entry["skipped"] += len(sidecar["skipped"])
-    skipped.extend(sidecar["skipped"])
+    for name, entries in lists.items():
+      entry[name] += len(sidecar[name])
+      entries.extend(sidecar[name])
   return {
       "splits": splits,
       "hours": sum(s["hours"] for s in splits.values()),
       "files": sum(s["files"] for s in splits.values()),
-      "skipped": skipped,
+      **lists,
       "shards_built": len(tasks) - reused,
       "shards_reused": reused,
   }
@@ -459,14 +645,17 @@ def format_summary(summary: dict[str, Any], max_skipped: int = 20) -> str:
   for split, s in sorted(summary["splits"].items()):
     lines.append(
         f"  {split:<10} {s['hours']:9.3f} h {s['files']:8d} files {s['records']:8d} records "
-        f"{len(s['shards']):5d} shards {s['skipped']:6d} skipped"
+        f"{len(s['shards']):5d} shards {s['skipped']:6d} skipped "
+        f"({s['skipped_segments']} segments skipped, {s['warnings']} warnings)"
     )
-  if summary["skipped"]:
-    lines.append(f"{len(summary['skipped'])} files skipped:")
-    for entry in summary["skipped"][:max_skipped]:
-      lines.append(f"  {entry['reason']}")
-    if len(summary["skipped"]) > max_skipped:
-      lines.append(f"  ... and {len(summary['skipped']) - max_skipped} more (see summary.json)")
+  for name, title in (("skipped", "files skipped"), ("skipped_segments", "segments skipped"),
+                      ("warnings", "warnings (bad audio kept)")):  # fmt: skip
+    entries = summary[name]
+    if entries:
+      lines.append(f"{len(entries)} {title}:")
+      lines += [f"  {entry['reason']}" for entry in entries[:max_skipped]]
+      if len(entries) > max_skipped:
+        lines.append(f"  ... and {len(entries) - max_skipped} more (see summary.json)")
   return "\n".join(lines)
 
 
@@ -485,7 +674,7 @@ def read_index(shard_paths: Sequence[str]) -> list[dict[str, Any]]:
         continue
       if "pcm" in arrays:
         pcm = audio.pcm16_to_float(arrays["pcm"])
-        meta = {**audio.level_stats(pcm), **meta}
+        meta = {**_json_levels(audio.level_stats(pcm)), **meta}
         meta.setdefault("duration", pcm.size / audio.SAMPLE_RATE)
         metas.append(meta)
   return metas
