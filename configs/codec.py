@@ -17,6 +17,8 @@ import os
 
 import ml_collections
 
+from telugu_jax.data import sample_corpus
+
 _SHARED_EVAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                             "common-voice-te-dev")
 
@@ -106,10 +108,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every = 3
     config.data.eval_folder = ""
   elif arg == "demo":
-    config.codec.encoder_channels = (8, 16, 32, 64, 128)
-    config.codec.decoder_channels = (128, 64, 32, 16, 8, 8)
-    config.codec.hidden_dim = 128
-    config.codec.codebook_size = 256
+    config.codec.update(sample_corpus.DEMO_CODEC)
     config.discriminator.period_channels = (8, 16, 32, 64, 64)
     config.discriminator.stft_channels = 8
     config.data.batch_size = 8

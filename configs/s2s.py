@@ -1,40 +1,155 @@
-"""S2S transformer (speech codes in, speech codes out): the model configuration.
+"""S2S transformer training (speech codes in, speech codes out): the three stages.
 
-    python -m telugu_jax.main --config=configs/s2s.py --workdir=/tmp/s2s
-    python -m telugu_jax.main --config=configs/s2s.py:smoke --workdir=/tmp/s2s_smoke
-
-(The S2S trainer that these commands run comes with its own issue; `config.model` is what
-`telugu_jax.models.s2s.S2SConfig.from_dict(config.model.to_dict())` builds today.)
+    # Stage 1, audio language model on code shards of any Telugu speech
+    # (`python tools/encode_corpus.py --checkpoint=CODEC --input='AUDIO_SHARDS' --output=codes/`):
+    python -m telugu_jax.main --config=configs/s2s.py:pretrain --workdir=runs/s2s_pretrain \
+        --config.data.train_shards='codes/train-*.arrayrecord' \
+        --config.data.validation_shards='codes/validation-*.arrayrecord'
+    # Stage 2, question -> answer on pair shards (`tools/make_conversations.py --codec=CODEC`):
+    python -m telugu_jax.main --config=configs/s2s.py:conversation --workdir=runs/s2s_conversation \
+        --config.init_from=runs/s2s_pretrain \
+        --config.data.train_shards='pairs/codes/train-*.arrayrecord' \
+        --config.data.validation_shards='pairs/codes/validation-*.arrayrecord'
+    # Stage 3, speaker and emotion conditioning (style embeddings + the last decoder layers):
+    python -m telugu_jax.main --config=configs/s2s.py:style --workdir=runs/s2s_style \
+        --config.init_from=runs/s2s_conversation --config.data.train_shards=...
+    # The demo: stage 1 on the bundled sample corpus's codes (a few minutes on 2 CPU cores):
+    python -m telugu_jax.main --config=configs/s2s.py:demo --workdir=runs/s2s_demo
 
 Variants (`configs/s2s.py:VARIANT`):
-  (none)    the original's sizes (`S2SConfig` defaults: 512 hidden, 8 heads, 6 + 6 layers,
-            ffn 2048, conv kernel 31, chunks of 20 frames with 4 of lookahead, 1024 codes x 8
-            levels), with the original's defects fixed and the delay pattern [0, 1, 1, 1, 1, 1,
-            1, 1].
-  original  the original model exactly, defects included (for converted checkpoints).
-  smoke     a tiny fixed model (hidden 64, 2 + 2 layers, 32 codes) for tests and demos.
+  pretrain      (also the default) stage 1: each example is one utterance cut at a random point;
+                the encoder reads the part before the cut, the decoder predicts the rest.
+  conversation  stage 2: question -> answer pairs.
+  style         stage 3: pairs with speaker/emotion ids; only the style embeddings and the last
+                `trainable.last_decoder_layers` decoder layers train.
+  original      stage 2 with the original model exactly, defects included (for fine-tuning a
+                converted original checkpoint: `--config.init_from=CONVERTED`).
+  demo          a small model, stage 1 on the bundled sample corpus (encoded once and cached).
+  smoke         a tiny model and a few steps, for tests (on the sample corpus's codes).
+
+The model is the original's size (512 hidden, 8 heads, 6 + 6 layers, 1024 codes x 8 levels) with
+its defects fixed and the delay pattern [0, 1, 1, 1, 1, 1, 1, 1]; `init_from` accepts the
+previous stage's workdir or a converted original S2S checkpoint of the same size and variant.
+Steps count micro-batches when `optimizer.accumulate_steps` > 1.
 """
 
 import ml_collections
 
+from telugu_jax.data import sample_corpus
 from telugu_jax.models.s2s import S2SConfig
+
+STAGES = ("pretrain", "conversation", "style")
+
+
+def _model(**overrides) -> ml_collections.ConfigDict:
+  model = S2SConfig(**overrides)
+  return ml_collections.ConfigDict(
+      {k: tuple(v) if isinstance(v, list) else v for k, v in model.to_dict().items()})
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = arg or "pretrain"
+  known = (*STAGES, "original", "demo", "smoke")
+  if arg not in known:
+    raise ValueError(f"unknown configs/s2s.py variant {arg!r}: expected one of {known}")
   config = ml_collections.ConfigDict()
   config.task = "s2s"
-  if arg is None:
-    model = S2SConfig(variant="fixed", delays=(0, 1, 1, 1, 1, 1, 1, 1))
-  elif arg == "original":
-    model = S2SConfig(variant="original")
-  elif arg == "smoke":
-    model = S2SConfig(variant="fixed", hidden_dim=64, num_heads=4, num_encoder_layers=2,
-                      num_decoder_layers=2, ffn_dim=128, conv_kernel_size=7, vocab_size=32,
-                      delays=(0, 1, 1, 1, 1, 1, 1, 1))
+  config.stage = {"original": "conversation", "demo": "pretrain", "smoke": "pretrain"}.get(arg, arg)
+  config.seed = 0
+  # Resume order: the workdir's latest checkpoint, else this one (the previous stage's workdir or
+  # a converted original S2S checkpoint: parameters and BatchNorm statistics only), else fresh.
+  config.init_from = ""
+
+  if arg == "original":
+    config.model = _model(variant="original")
   else:
-    raise ValueError(f"unknown configs/s2s.py variant {arg!r}: expected 'original', 'smoke' or "
-                     "none")
-  config.model = ml_collections.ConfigDict(
-      {k: tuple(v) if isinstance(v, list) else v for k, v in model.to_dict().items()})
+    config.model = _model(variant="fixed", delays=(0, 1, 1, 1, 1, 1, 1, 1))
+
+  config.data = ml_collections.ConfigDict(dict(
+      # Code shards (`tools/encode_corpus.py`) for "pretrain", pair shards
+      # (`tools/make_conversations.py --codec`) for the other stages. Globs, comma-separated.
+      train_shards="",
+      validation_shards="",
+      batch_size=16,  # global, over all devices and hosts
+      # Frames per side; longer questions keep the frames nearest the answer (pretrain) or their
+      # start (pairs); longer answers are cut at the end.
+      max_question_frames=400,
+      max_answer_frames=400,
+      min_question_frames=20,  # pretrain: the shortest prefix the encoder reads
+      # Batches are cut to the smallest multiple of this many frames that holds their longest
+      # example (each width compiles once).
+      bucket_frames=100,
+      num_workers=0,  # grain worker processes per host
+  ))
+
+  # AdamW with linear warm-up then cosine decay to `final_fraction` of the peak.
+  config.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=3e-4, warmup_steps=1000, final_fraction=0.1, b1=0.9, b2=0.98, eps=1e-8,
+      weight_decay=0.01, clip_norm=1.0,
+      accumulate_steps=1,  # gradient accumulation (optax.MultiSteps): micro-batches per update
+  ))
+  config.loss = ml_collections.ConfigDict(dict(
+      label_smoothing=0.0,
+      level_weights=(),  # one weight per codec level; empty = uniform (the original's mean)
+  ))
+  # "all", or "style": only the style embeddings and the last `last_decoder_layers` decoder
+  # layers (BatchNorm statistics then stay as loaded).
+  config.trainable = ml_collections.ConfigDict(dict(parts="all", last_decoder_layers=2))
+  config.compute_dtype = "float32"  # or "bfloat16" (parameters and losses stay float32)
+  config.total_steps = {"pretrain": 100_000, "conversation": 20_000, "style": 5_000}[config.stage]
+
+  config.log_every = 50
+  config.eval_every = 1000  # and at the end; 0 = never
+  config.eval_batches = 16  # validation batches per evaluation (0 = the whole split)
+  config.checkpoint_every = 1000
+  config.keep_checkpoints = 3  # the latest N, plus the best by validation loss
+  # A codec checkpoint (converted or a workdir) to turn a few validation answers into audio
+  # at each evaluation (WAV + spectrogram in samples/ and TensorBoard); "" = no audio samples.
+  config.codec_checkpoint = ""
+  config.eval_samples = 2
+  config.sample_max_frames = 400
+
+  if config.stage == "style":
+    config.trainable.parts = "style"
+    config.optimizer.learning_rate = 1e-4
+    config.optimizer.warmup_steps = 200
+  if arg == "original":
+    config.optimizer.learning_rate = 1e-4
+  if arg == "smoke":
+    config.model = _model(variant="fixed", hidden_dim=64, num_heads=4, num_encoder_layers=2,
+                          num_decoder_layers=2, ffn_dim=128, conv_kernel_size=7,
+                          vocab_size=sample_corpus.DEMO_CODEC["codebook_size"], chunk_size=8,
+                          lookahead=2, dropout=0.0,
+                          delays=(0, 1, 1, 1, 1, 1, 1, 1))
+    config.data.batch_size = 8
+    config.data.max_question_frames = 24
+    config.data.max_answer_frames = 24
+    config.data.min_question_frames = 4
+    config.data.bucket_frames = 8
+    config.optimizer.learning_rate = 3e-3
+    config.optimizer.warmup_steps = 10
+    config.total_steps = 6
+    config.log_every = 2
+    config.eval_every = 3
+    config.eval_batches = 2
+    config.checkpoint_every = 3
+    config.eval_samples = 1
+    config.sample_max_frames = 16
+  elif arg == "demo":
+    config.model = _model(variant="fixed", hidden_dim=128, num_heads=4, num_encoder_layers=2,
+                          num_decoder_layers=3, ffn_dim=512, conv_kernel_size=15,
+                          vocab_size=sample_corpus.DEMO_CODEC["codebook_size"],
+                          delays=(0, 1, 1, 1, 1, 1, 1, 1))
+    config.data.batch_size = 16
+    config.data.max_question_frames = 96
+    config.data.max_answer_frames = 96
+    config.data.bucket_frames = 48
+    config.optimizer.learning_rate = 2e-3
+    config.optimizer.warmup_steps = 50
+    config.total_steps = 600
+    config.log_every = 25
+    config.eval_every = 200
+    config.eval_batches = 4
+    config.checkpoint_every = 200
   config.lock()
   return config

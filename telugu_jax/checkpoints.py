@@ -10,16 +10,44 @@ directory and renames it when complete, so a step is never half-written.
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 STATE = "state"
 META = "meta"
 DATA = "data"  # the grain iterator's state (training checkpoints only), one file per process
+T = TypeVar("T")
+
+
+class CorruptCheckpointError(RuntimeError):
+  """No step of a checkpoint directory can be read."""
+
+
+def model_meta(task: str, **models: Any) -> dict[str, Any]:
+  """The metadata that names what a checkpoint holds: its `task` ("codec" or "s2s") and the
+  configuration of each model in it (e.g. `codec=..., discriminator=...` or `variant=...,
+  model=...`), as JSON values. Trainers and the converter add their own fields to it."""
+  return {"task": task, **models}
+
+
+def read_model_meta(path: str, task: str, step: int | None = None) -> tuple[str, dict[str, Any]]:
+  """`(checkpoint root, metadata)` of a converted checkpoint or training workdir of `task`.
+
+  Raises:
+    FileNotFoundError: no checkpoint at `path`.
+    ValueError: the checkpoint is of another task.
+  """
+  root = resolve(path)
+  meta = read_meta(root, step)
+  if meta.get("task") != task:
+    raise ValueError(f"{path}: not a {task} checkpoint (its task is {meta.get('task')!r})")
+  return root, meta
 
 
 def _manager(directory: str) -> ocp.CheckpointManager:
@@ -50,21 +78,48 @@ def save(directory: str, step: int, state: Any, meta: dict[str, Any]) -> None:
     manager.wait_until_finished()
 
 
-def _resolve_step(manager: ocp.CheckpointManager, directory: str, step: int | None) -> int:
-  step = manager.latest_step() if step is None else step
-  if step is None or step not in manager.all_steps():
-    raise FileNotFoundError(
-        f"{directory}: no checkpoint"
-        + ("" if step is None else f" at step {step} (steps present: {manager.all_steps()})")
-    )
-  return step
+def restore_newest_intact(directory: str, steps: list[int], restore_step: Callable[[int], T],
+                          step: int | None = None) -> T:
+  """`restore_step(step)`, or, when no step is asked for, of the newest step that restores.
+
+  A step that fails to restore (a corrupted file, a truncated array) is skipped with a warning
+  naming it, and the next older one is tried.
+
+  Raises:
+    FileNotFoundError: `directory` holds no checkpoint (or not `step`).
+    CorruptCheckpointError: no step restores; the message names each step and its error.
+  """
+  if step is not None:
+    if step not in steps:
+      raise FileNotFoundError(f"{directory}: no checkpoint at step {step} (steps present: "
+                              f"{sorted(steps)})")
+    return restore_step(step)
+  if not steps:
+    raise FileNotFoundError(f"{directory}: no checkpoint")
+  errors = []
+  for candidate in sorted(steps, reverse=True):
+    try:
+      restored = restore_step(candidate)
+    except Exception as e:  # Orbax/TensorStore raise many types for damaged files.
+      message = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+      logging.warning("Checkpoint step %d in %s cannot be read (%s); trying an older step",
+                      candidate, directory, message)
+      errors.append(f"step {candidate}: {message}")
+      continue
+    if errors:
+      logging.warning("Using checkpoint step %d of %s; skipped the unreadable step(s) %s",
+                      candidate, directory, ", ".join(e.split(":")[0][5:] for e in errors))
+    return restored
+  raise CorruptCheckpointError(f"{directory}: no readable checkpoint; " + "; ".join(errors))
 
 
 def read_meta(directory: str, step: int | None = None) -> dict[str, Any]:
-  """Returns the JSON metadata of a step (the latest by default)."""
+  """Returns the JSON metadata of a step (the newest readable one by default)."""
   with _manager(directory) as manager:
-    step = _resolve_step(manager, directory, step)
-    return manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+    return restore_newest_intact(
+        directory, manager.all_steps(),
+        lambda s: manager.restore(s, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[
+            META], step)
 
 
 def restore(
@@ -79,15 +134,16 @@ def restore(
       structure, dtypes and placement to restore into. Without it arrays come back as they were
       saved, on the default device, with containers as plain dicts and lists.
   """
+  state_args = (
+      ocp.args.StandardRestore() if abstract_state is None
+      else ocp.args.StandardRestore(abstract_state)
+  )
   with _manager(directory) as manager:
-    step = _resolve_step(manager, directory, step)
-    state_args = (
-        ocp.args.StandardRestore() if abstract_state is None
-        else ocp.args.StandardRestore(abstract_state)
-    )
-    restored = manager.restore(
-        step, args=ocp.args.Composite(**{STATE: state_args, META: ocp.args.JsonRestore()})
-    )
+    restored = restore_newest_intact(
+        directory, manager.all_steps(),
+        lambda s: manager.restore(
+            s, args=ocp.args.Composite(**{STATE: state_args, META: ocp.args.JsonRestore()})),
+        step)
     return restored[STATE], restored[META]
 
 
@@ -96,12 +152,13 @@ def restore_subtree(directory: str, abstract_subtree: Any, step: int | None = No
 
   Reads nothing else from disk: loading a codec for inference skips the optimizer moments.
   """
+  restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_subtree)
+  args = ocp.args.PyTreeRestore(item=abstract_subtree, restore_args=restore_args,
+                                partial_restore=True)
   with _manager(directory) as manager:
-    step = _resolve_step(manager, directory, step)
-    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_subtree)
-    args = ocp.args.PyTreeRestore(item=abstract_subtree, restore_args=restore_args,
-                                  partial_restore=True)
-    return manager.restore(step, args=ocp.args.Composite(**{STATE: args}))[STATE]
+    return restore_newest_intact(
+        directory, manager.all_steps(),
+        lambda s: manager.restore(s, args=ocp.args.Composite(**{STATE: args}))[STATE], step)
 
 
 WORKDIR_CHECKPOINTS = "checkpoints"
@@ -123,15 +180,15 @@ def resolve(path: str) -> str:
 
 class TrainingCheckpoints:
   """A trainer's checkpoints: asynchronous saves of state, metadata and the data iterator,
-  keeping the latest `keep` steps plus the best one by a validation metric (higher is better).
+  keeping the latest `keep` steps plus the best one by the validation metric passed to `save`
+  (higher is better: pass e.g. minus a loss).
   """
 
-  def __init__(self, directory: str, keep: int, best_metric: str = "snr"):
+  def __init__(self, directory: str, keep: int):
     self.directory = os.path.abspath(directory)
-    self.best_metric = best_metric
     policy = preservation_policy.AnyPreservationPolicy([
         preservation_policy.LatestN(n=keep),
-        preservation_policy.BestN(get_metric_fn=lambda metrics: metrics[best_metric], n=1,
+        preservation_policy.BestN(get_metric_fn=lambda metrics: metrics["best"], n=1,
                                   keep_checkpoints_without_metrics=False),
     ])
     self._manager = ocp.CheckpointManager(
@@ -144,21 +201,34 @@ class TrainingCheckpoints:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, meta: dict[str, Any], data_iterator: Any,
-           metrics: dict[str, float] | None = None, force: bool = False) -> None:
-    """Starts writing step `step` in the background (`wait()` blocks until it is on disk)."""
+           best: float | None = None) -> None:
+    """Starts writing step `step` in the background (`wait()` blocks until it is on disk).
+
+    `best`: the validation value this step is ranked by (higher is better), if evaluated.
+    """
     self._manager.save(
         step,
         args=ocp.args.Composite(**{
             STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta),
             DATA: grain.checkpoint.CheckpointSave(data_iterator)}),
-        metrics=metrics, force=force)
+        metrics=None if best is None else {"best": float(best)})
 
-  def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> tuple[Any, dict]:
-    """Restores state and metadata of `step`, and moves `data_iterator` to its saved position."""
-    restored = self._manager.restore(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore(),
-        DATA: grain.checkpoint.CheckpointRestore(data_iterator)}))
-    return restored[STATE], restored[META]
+  def restore_latest(self, abstract_state: Any, data_iterator: Any
+                     ) -> tuple[int, Any, dict] | None:
+    """Restores the newest readable step: `(step, state, meta)`, with `data_iterator` moved to
+    its saved position; None when there is no checkpoint. Unreadable newer steps are skipped
+    with a warning (`restore_newest_intact`)."""
+    steps = self._manager.all_steps()
+    if not steps:
+      return None
+
+    def restore(step):
+      restored = self._manager.restore(step, args=ocp.args.Composite(**{
+          STATE: ocp.args.StandardRestore(abstract_state), META: ocp.args.JsonRestore(),
+          DATA: grain.checkpoint.CheckpointRestore(data_iterator)}))
+      return step, restored[STATE], restored[META]
+
+    return restore_newest_intact(self.directory, list(steps), restore)
 
   def reached_preemption(self, step: int) -> bool:
     return self._manager.reached_preemption(step)

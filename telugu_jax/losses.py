@@ -1,4 +1,5 @@
-"""Codec GAN losses: hinge adversarial, feature matching, L1, residual-VQ, multi-scale mel.
+"""Losses: the codec GAN's (hinge adversarial, feature matching, L1, residual-VQ, multi-scale
+mel) and the S2S model's masked cross-entropy over code levels.
 
 All reduce to float32 scalars. The discriminator outputs are `(logits, features)` as returned by
 `telugu_jax.models.discriminators.Discriminator`: 8 logits and 8 lists of feature maps.
@@ -124,3 +125,41 @@ def generator_losses(audio: jax.Array, codec_out: dict, real: tuple, fake: tuple
     terms["mel"] = multiscale_mel(codec_out["audio"], audio)
   total = sum(weights[name] * value for name, value in terms.items())
   return total, terms
+
+
+def masked_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array,
+                         label_smoothing: float = 0.0,
+                         level_weights: Sequence[float] | None = None
+                         ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Cross-entropy of code logits over the positions that count.
+
+  Per level q: the mean over positions with `weights > 0` of
+  `(1 - s) * -log p(target) + s * mean_v(-log p(v))` (s = `label_smoothing`); the loss is the
+  `level_weights`-weighted mean of the per-level values (uniform weights and all positions
+  counting give the original's mean over levels of `F.cross_entropy`).
+
+  Args:
+    logits: `[B, Q, T, V]`.
+    targets: int `[B, Q, T]`.
+    weights: `[B, Q, T]`, 1.0 where the target counts (`teacher_forcing(...).weights`).
+    label_smoothing: s above.
+    level_weights: `Q` non-negative weights (None: uniform).
+  Returns:
+    `(loss, sums)`: sums per level `[Q]` for aggregation over batches: `nll` (unsmoothed
+    negative log-likelihood), `correct` (top-1 hits) and `count` (positions counted).
+  """
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+  nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+  per_position = nll
+  if label_smoothing:
+    per_position = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(log_probs, -1)
+  count = jnp.sum(weights, axis=(0, 2))  # [Q]
+  level_loss = jnp.sum(per_position * weights, axis=(0, 2)) / jnp.maximum(count, 1.0)
+  q = logits.shape[1]
+  level_weights = jnp.ones(q) if level_weights is None else jnp.asarray(level_weights, jnp.float32)
+  if level_weights.shape != (q,):
+    raise ValueError(f"level_weights needs {q} entries, got {level_weights.shape[0]}")
+  loss = jnp.sum(level_weights * level_loss) / jnp.sum(level_weights)
+  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  return loss, {"nll": jnp.sum(nll * weights, axis=(0, 2)),
+                "correct": jnp.sum(correct * weights, axis=(0, 2)), "count": count}

@@ -1,9 +1,15 @@
 """Entry point: `python -m telugu_jax.main --config=configs/codec.py --workdir=DIR`.
 
-Runs the trainer named by `config.task`. With `--distributed` it first joins a multi-process
-run through `jax.distributed.initialize()`: on SLURM and TPU pods everything is detected; else
-pass `--coordinator_address`, `--num_processes` and `--process_id` (see `launch/`).
+Runs the trainer named by `config.task` ("codec" or "s2s"), holding a lock on the workdir for
+the run's lifetime (one trainer per workdir). With `--distributed` it first joins a
+multi-process run through `jax.distributed.initialize()`: on SLURM and TPU pods everything is
+detected; else pass `--coordinator_address`, `--num_processes` and `--process_id` (see
+`launch/`).
 """
+
+import importlib.util
+import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -18,9 +24,46 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
+def _unknown_field(argv: list[str]) -> str | None:
+  """The first `--config.a.b=...` override naming a field the loaded config lacks, explained."""
+  spec = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  path, _, variant = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(variant or None)
+  for arg in argv[1:]:
+    if not arg.startswith("--config."):
+      continue
+    node, path = config, arg[len("--config."):].split("=", 1)[0].split(".")
+    for depth, name in enumerate(path):
+      if not hasattr(node, "keys") or name not in node.keys():
+        where = ".".join(["config", *path[:depth]])
+        valid = sorted(node.keys()) if hasattr(node, "keys") else []
+        return (f"{arg}: {where} has no field {name!r}" +
+                (f"; its fields are: {', '.join(valid)}" if valid else ""))
+      node = node[name]
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    print(f"error: {_unknown_field(argv) or e}", file=sys.stderr)
+    sys.exit(2)
+  except flags.Error as e:
+    print(f"error: {e}\nPass --help for usage.", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
   del argv
   import jax
+
+  from telugu_jax.train import loop
 
   logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO.
   if FLAGS.distributed:
@@ -31,10 +74,19 @@ def main(argv):
   config = FLAGS.config
   if config.task == "codec":
     from telugu_jax.train import codec as trainer
+  elif config.task == "s2s":
+    from telugu_jax.train import s2s as trainer
   else:
-    raise ValueError(f"unknown task {config.task!r}")
-  trainer.train_and_evaluate(config, FLAGS.workdir)
+    raise ValueError(f"unknown task {config.task!r}: expected 'codec' or 's2s'")
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  lock = loop.WorkdirLock(FLAGS.workdir)
+  if jax.process_index() == 0:
+    lock.acquire()
+  try:
+    trainer.train_and_evaluate(config, FLAGS.workdir)
+  finally:
+    lock.release()
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -2,7 +2,9 @@
 
 PyTorch's `AdamW` + `clip_grad_norm_` + `CosineAnnealingLR` stepped once per epoch becomes
 `inject_hyperparams(chain(clip_by_global_norm, adamw))`: the learning rate is part of the
-optimizer state (so a resumed run keeps it), and the trainer sets it at each epoch boundary.
+optimizer state (a converted PyTorch checkpoint brings its current value), and the codec
+trainer's jitted update sets it from the step with `epoch_cosine_schedule` before each update, so
+it is a function of the step alone (a resumed run gets exactly the rates of an uninterrupted one).
 The update is PyTorch's: decoupled weight decay `p *= 1 - lr * wd`, bias-corrected moments,
 `eps` added to `sqrt(v_hat)`. (PyTorch's clip divides by `norm + 1e-6`, optax by `norm`: a
 relative difference of 1e-6 / norm in the clipped gradient.)
@@ -33,6 +35,23 @@ def make_adamw(learning_rate: float, b1: float, b2: float, eps: float, weight_de
 def cosine_learning_rate(base: float, epoch: int, num_epochs: int) -> float:
   """`CosineAnnealingLR(T_max=num_epochs, eta_min=0)` after `epoch` scheduler steps."""
   return base * (1.0 + math.cos(math.pi * epoch / num_epochs)) / 2.0
+
+
+def epoch_cosine_schedule(base: float, num_epochs: int, steps_per_epoch: int, start_step: int,
+                          start_epoch: int, start_learning_rate: float) -> optax.Schedule:
+  """The learning rate at each step of a run that began at `start_step` in epoch `start_epoch`.
+
+  Epoch `start_epoch` runs at `start_learning_rate` (for a fresh run the base rate; for a
+  converted PyTorch checkpoint the rate its scheduler had reached), every later epoch `e` at
+  `cosine_learning_rate(base, e, num_epochs)`, as the original's per-epoch scheduler steps give.
+  """
+
+  def schedule(step):
+    epoch = start_epoch + (step - start_step) // steps_per_epoch
+    cosine = base * (1.0 + jnp.cos(jnp.pi * epoch / num_epochs)) / 2.0
+    return jnp.where(epoch == start_epoch, start_learning_rate, cosine).astype(jnp.float32)
+
+  return schedule
 
 
 class AdamMoments(NamedTuple):

@@ -84,19 +84,27 @@ def read_metrics(workdir):
 
 
 def test_sigkill_resume_loses_nothing_and_sigterm_saves(tmp_path):
-  total = 16
-  trainer.train_and_evaluate(tiny_config(total_steps=total, checkpoint_every=2),
+  # Every checkpoint falls on an epoch boundary, where the learning rate changes: the resumed
+  # run must train the next epoch at its own rate (it once kept the previous epoch's).
+  total, epochs = 16, {"steps_per_epoch": 2, "num_epochs": 10}
+  trainer.train_and_evaluate(tiny_config(total_steps=total, checkpoint_every=2, **epochs),
                              str(tmp_path / "reference"))
 
-  killed = launch(tmp_path / "killed", total_steps=1000, checkpoint_every=2)
+  killed = launch(tmp_path / "killed", total_steps=1000, checkpoint_every=2, **epochs)
   wait_for_checkpoint(tmp_path / "killed")
   killed.kill()  # SIGKILL: no chance to clean up
   killed.wait()
   latest = checkpoints.latest_step(str(tmp_path / "killed" / "checkpoints"))
   assert latest is not None and latest < total, latest
-  trainer.train_and_evaluate(tiny_config(total_steps=total, checkpoint_every=2),
+  trainer.train_and_evaluate(tiny_config(total_steps=total, checkpoint_every=2, **epochs),
                              str(tmp_path / "killed"))
   assert_same_params(final_params(tmp_path / "killed"), final_params(tmp_path / "reference"))
+  # metrics.jsonl reads as one history: the killed run's rows after its checkpoint are gone.
+  rows = read_metrics(tmp_path / "killed")
+  assert [row["step"] for row in rows] == list(range(1, total + 1))
+  reference = read_metrics(tmp_path / "reference")
+  rates = [row["train/learning_rate"] for row in rows]
+  assert rates == [row["train/learning_rate"] for row in reference] and len(set(rates)) > 4
 
   stopped = launch(tmp_path / "stopped", total_steps=1000, checkpoint_every=1000)
   for line in stopped.stdout:  # wait until training is under way

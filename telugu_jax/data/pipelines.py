@@ -465,9 +465,10 @@ def _mask(length: int, max_frames: int) -> np.ndarray:
 
 class _CodesTransformBase(grain.transforms.RandomMap):
 
-  def __init__(self, num_quantizers: int | None, pad_value: int):
+  def __init__(self, num_quantizers: int | None, pad_value: int, vocab_size: int | None = None):
     self.num_quantizers = num_quantizers
     self.pad_value = pad_value
+    self.vocab_size = vocab_size
 
   def _arrays(self, element, names: Sequence[str]):
     decoded = _decode(element)
@@ -482,6 +483,10 @@ class _CodesTransformBase(grain.transforms.RandomMap):
         return _Corrupt(
             element[0], f"{name!r} has {codes.shape[0]} quantizers, expected {self.num_quantizers}"
         )
+      if codes.shape[1] == 0:
+        return _Corrupt(element[0], f"{name!r} has no frames")
+      if self.vocab_size is not None and (codes.min() < 0 or codes.max() >= self.vocab_size):
+        return _Corrupt(element[0], f"{name!r} holds codes outside [0, {self.vocab_size})")
     return arrays, meta
 
   @staticmethod
@@ -522,28 +527,69 @@ class PairFit(_CodesTransformBase):
       max_answer_frames: int,
       num_quantizers: int | None = None,
       pad_value: int = 0,
+      vocab_size: int | None = None,
   ):
-    super().__init__(num_quantizers, pad_value)
+    super().__init__(num_quantizers, pad_value, vocab_size)
     self.max_question_frames = max_question_frames
     self.max_answer_frames = max_answer_frames
 
-  def random_map(self, element, rng: np.random.Generator):
+  def random_map(self, element, rng: np.random.Generator | None):
     del rng  # Pairs are kept whole (up to truncation); no randomness.
     decoded = self._arrays(element, ["question", "answer"])
     if isinstance(decoded, _Corrupt):
       return decoded
     arrays, meta = decoded
-    question, q_len = _fit_codes(arrays["question"], self.max_question_frames, self.pad_value, None)
-    answer, a_len = _fit_codes(arrays["answer"], self.max_answer_frames, self.pad_value, None)
-    return {
-        "question": question,
-        "question_mask": _mask(q_len, self.max_question_frames),
-        "question_lengths": np.int32(q_len),
-        "answer": answer,
-        "answer_mask": _mask(a_len, self.max_answer_frames),
-        "answer_lengths": np.int32(a_len),
-        **self._style(meta),
-    }
+    return _pair_example(arrays["question"], arrays["answer"], self.max_question_frames,
+                         self.max_answer_frames, self.pad_value, meta, self._style(meta))
+
+def _pair_example(question: np.ndarray, answer: np.ndarray, max_question_frames: int,
+                  max_answer_frames: int, pad_value: int, meta: Mapping[str, Any],
+                  style: dict[str, np.int32]) -> dict[str, Any]:
+  question, q_len = _fit_codes(question, max_question_frames, pad_value, None)
+  answer, a_len = _fit_codes(answer, max_answer_frames, pad_value, None)
+  return {
+      "question": question,
+      "question_mask": _mask(q_len, max_question_frames),
+      "question_lengths": np.int32(q_len),
+      "answer": answer,
+      "answer_mask": _mask(a_len, max_answer_frames),
+      "answer_lengths": np.int32(a_len),
+      **style,
+  }
+
+
+class UtteranceSplit(_CodesTransformBase):
+  """Code record -> a pair made of one utterance cut in two (S2S stage 1, audio LM).
+
+  The cut falls uniformly in `[min_question_frames, frames - 1]` (the middle when no generator
+  is given, for evaluation); the question is the `max_question_frames` frames before the cut
+  (end-padded when fewer), the answer the `max_answer_frames` frames from it. Utterances shorter
+  than `min_question_frames + 1` frames are skipped as unusable. Same output as `PairFit`.
+  """
+
+  def __init__(self, max_question_frames: int, max_answer_frames: int,
+               min_question_frames: int = 1, num_quantizers: int | None = None,
+               pad_value: int = 0, vocab_size: int | None = None):
+    super().__init__(num_quantizers, pad_value, vocab_size)
+    self.max_question_frames = max_question_frames
+    self.max_answer_frames = max_answer_frames
+    self.min_question_frames = max(1, min_question_frames)
+
+  def random_map(self, element, rng: np.random.Generator | None):
+    decoded = self._arrays(element, ["codes"])
+    if isinstance(decoded, _Corrupt):
+      return decoded
+    arrays, meta = decoded
+    codes = arrays["codes"]
+    frames = codes.shape[1]
+    if frames <= self.min_question_frames:
+      return _Corrupt(element[0], f"{frames} frames: too short to cut (needs more than "
+                      f"{self.min_question_frames})")
+    low, high = self.min_question_frames, frames - 1
+    cut = int(rng.integers(low, high + 1)) if rng is not None else (low + high + 1) // 2
+    question = codes[:, max(0, cut - self.max_question_frames):cut]
+    return _pair_example(question, codes[:, cut:], self.max_question_frames,
+                         self.max_answer_frames, self.pad_value, meta, self._style(meta))
 
 
 def s2s_code_iterator(
@@ -593,6 +639,7 @@ def s2s_pair_iterator(
     max_question_frames: int,
     max_answer_frames: int,
     num_quantizers: int | None = None,
+    vocab_size: int | None = None,
     pad_value: int = 0,
     seed: int = 0,
     num_workers: int = 0,
@@ -607,6 +654,7 @@ def s2s_pair_iterator(
     max_question_frames: question length; longer questions are truncated at the end.
     max_answer_frames: answer length; longer answers are truncated at the end.
     num_quantizers: if set, records with another `n_q` are skipped as corrupt.
+    vocab_size: if set, records with codes outside `[0, vocab_size)` are skipped as corrupt.
     pad_value: code used for padding.
     seed: shuffle seed.
     num_workers: grain worker processes (0 = in this process).
@@ -620,10 +668,92 @@ def s2s_pair_iterator(
   """
   return _training_iterator(
       shard_paths,
-      PairFit(max_question_frames, max_answer_frames, num_quantizers, pad_value),
+      PairFit(max_question_frames, max_answer_frames, num_quantizers, pad_value, vocab_size),
       batch_size=batch_size,
       seed=seed,
       num_workers=num_workers,
       process_index=process_index,
       process_count=process_count,
   )
+
+
+def s2s_split_iterator(
+    shard_paths: Sources,
+    *,
+    batch_size: int,
+    max_question_frames: int,
+    max_answer_frames: int,
+    min_question_frames: int = 1,
+    num_quantizers: int | None = None,
+    vocab_size: int | None = None,
+    pad_value: int = 0,
+    seed: int = 0,
+    num_workers: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.DatasetIterator:
+  """Infinite, shuffled batches of utterances cut in two at a random point (S2S stage 1):
+  the encoder reads the part before the cut, the decoder predicts the rest (`UtteranceSplit`).
+  Arguments and output as `s2s_pair_iterator`; the cut is redrawn every epoch."""
+  return _training_iterator(
+      shard_paths,
+      UtteranceSplit(max_question_frames, max_answer_frames, min_question_frames, num_quantizers,
+                     pad_value, vocab_size),
+      batch_size=batch_size,
+      seed=seed,
+      num_workers=num_workers,
+      process_index=process_index,
+      process_count=process_count,
+  )
+
+
+class _Deterministic(grain.transforms.Map):
+  """A codes transform applied without randomness (middle cuts), for evaluation."""
+
+  def __init__(self, transform: _CodesTransformBase):
+    self.transform = transform
+
+  def map(self, element):
+    return self.transform.random_map(element, None)
+
+
+def _stack_with_valid(batch_size: int):
+  def stack(examples: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    rows = list(examples) + [examples[0]] * (batch_size - len(examples))
+    batch = {k: np.stack([row[k] for row in rows]) for k in rows[0]}
+    batch["valid"] = np.arange(batch_size) < len(examples)
+    return batch
+  return stack
+
+
+def s2s_eval_batches(
+    shard_paths: Sources,
+    transform: PairFit | UtteranceSplit,
+    *,
+    batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+  """Deterministic S2S validation batches: each record once, in shard order (strided over
+  processes), through `transform` without randomness (utterances are cut in the middle).
+
+  Yields the transform's batches plus `valid` bool `[batch_size]`; a last partial batch is
+  filled with copies of its first row marked invalid, and every process yields the same number
+  of batches (all-invalid ones at the end), so multi-host evaluation stays in step. Corrupt
+  records are skipped and counted.
+  """
+  index, count = _resolve_processes(process_index, process_count)
+  source = RecordSource(shard_paths)
+  num_batches = math.ceil(math.ceil(len(source) / count) / batch_size)
+  ds = grain.MapDataset.source(source).slice(slice(index, None, count)).map(
+      _Deterministic(transform))
+  read_options = grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=2 * batch_size)
+  it = SkipCorrupt(ds.to_iter_dataset(read_options),
+                   num_records=len(range(index, len(source), count)))
+  last = None
+  for last in it.batch(batch_size, drop_remainder=False, batch_fn=_stack_with_valid(batch_size)):
+    num_batches -= 1
+    yield last
+  if last is not None:
+    for _ in range(num_batches):
+      yield {**last, "valid": np.zeros(batch_size, bool)}

@@ -197,6 +197,16 @@ def read_records(path: str | os.PathLike) -> list[bytes]:
     reader.close()
 
 
+def read_first_records(path: str | os.PathLike, count: int) -> list[bytes]:
+  """The first `count` raw records of one shard (fewer if it holds fewer)."""
+  reader = array_record_module.ArrayRecordReader(os.fspath(path))
+  try:
+    n = min(count, reader.num_records())
+    return list(reader.read(list(range(n)))) if n else []
+  finally:
+    reader.close()
+
+
 def shard_lengths(paths: Sequence[str | os.PathLike]) -> list[int]:
   """Number of records in each shard."""
   lengths = []

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -216,6 +217,82 @@ def sample_shards(
         os.rename(tmp, target)
       except OSError:  # Another process finished first; its shards are identical.
         if not os.path.isfile(os.path.join(target, shards.SUMMARY_NAME)):
+          raise
+    finally:
+      if os.path.isdir(tmp):
+        shutil.rmtree(tmp)
+  return {split: records.list_shards(target, split) for split in ("train", "validation")}
+
+
+# The narrow codec of the demos (`configs/codec.py:demo`). Untrained (seed 0), it is what the S2S
+# demo encodes the corpus with when no trained codec is given: its codes are a fixed,
+# deterministic tokenisation of the audio, enough for a language model to learn, not for
+# listening.
+DEMO_CODEC = dict(encoder_channels=(8, 16, 32, 64, 128), decoder_channels=(128, 64, 32, 16, 8, 8),
+                  strides=(2, 2, 2, 2, 5), hidden_dim=128, codebook_size=256, num_quantizers=8)
+CODEC_INFO_NAME = "codec.json"
+
+
+def _codec_for_codes(codec_checkpoint: str | None):
+  """`(codec model, its description)`: a loaded checkpoint, or the untrained demo codec."""
+  import jax  # Only encoding needs JAX and the codec.
+
+  from telugu_jax.inference import codec as inference_codec
+  from telugu_jax.models.codec import Codec
+
+  from telugu_jax import checkpoints
+
+  if codec_checkpoint:
+    root = checkpoints.resolve(codec_checkpoint)
+    return (inference_codec.load_codec(root),
+            f"{os.path.abspath(root)} step {checkpoints.latest_step(root)}")
+  audio_in = np.zeros((1, audio.SAMPLE_RATE), np.float32)
+  variables = jax.jit(Codec(**DEMO_CODEC).init)(jax.random.key(0), audio_in)
+  return inference_codec.CodecModel(DEMO_CODEC, variables), "untrained demo codec, seed 0"
+
+
+def sample_code_shards(codec_checkpoint: str | None = None,
+                       cache_dir: str | os.PathLike | None = None) -> dict[str, list[str]]:
+  """Code shards of the bundled corpus (S2S stage 1 data), encoded on first use and cached.
+
+  Each utterance is level-normalised and encoded whole; speaker and emotion ids are 0 (the
+  corpus's espeak voices are not among the model's speakers). `codec.json` beside the shards
+  names the codec, its levels and vocabulary.
+
+  Args:
+    codec_checkpoint: a codec checkpoint or training workdir; None: `DEMO_CODEC`, untrained.
+    cache_dir: as for `sample_shards`.
+
+  Returns:
+    `{"train": [shard paths], "validation": [shard paths]}`.
+  """
+  audio_shards = sample_shards(cache_dir)
+  cache_dir = os.fspath(cache_dir) if cache_dir is not None else _default_cache_dir()
+  codec, description = _codec_for_codes(codec_checkpoint)
+  key = hashlib.sha256(f"{_corpus_fingerprint(CORPUS_DIR)} {description} "
+                       f"{sorted(codec.codec_kwargs.items())}".encode()).hexdigest()[:16]
+  target = os.path.join(cache_dir, f"codes-{key}")
+  if not os.path.isfile(os.path.join(target, CODEC_INFO_NAME)):
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".encoding-", dir=cache_dir)
+    try:
+      for split, paths in audio_shards.items():
+        examples = []
+        for path in paths:
+          for record in records.read_records(path):
+            arrays, meta = records.decode_record(record)
+            wave = audio.normalize_rms(audio.pcm16_to_float(arrays["pcm"]))
+            examples.append({"codes": codec.encode(wave[None])[0], "key": meta.get("key"),
+                             "transcript": meta.get("transcript", ""), "split": split})
+        records.write_code_shards(examples, tmp, split=split, records_per_shard=32)
+      with open(os.path.join(tmp, CODEC_INFO_NAME), "w") as f:
+        json.dump({"codec": description, "num_quantizers": codec.num_quantizers,
+                   "codebook_size": codec.codebook_size,
+                   "frame_rate": audio.SAMPLE_RATE / codec.num_samples(1)}, f, indent=2)
+      try:
+        os.rename(tmp, target)
+      except OSError:  # Another process finished first; its shards are identical.
+        if not os.path.isfile(os.path.join(target, CODEC_INFO_NAME)):
           raise
     finally:
       if os.path.isdir(tmp):

@@ -115,13 +115,17 @@ def load_s2s(path: str, step: int | None = None) -> S2S:
   """Loads an S2S checkpoint written by the converter or the S2S trainer.
 
   Args:
-    path: an Orbax checkpoint directory whose metadata has `task == "s2s"`, the `variant` and
-      the `model` config dict, and whose state holds `params` and `batch_stats`.
-    step: which step (default the latest).
+    path: a converted checkpoint directory or an S2S training workdir (any stage); its metadata
+      names `task == "s2s"`, the `variant` and the `model` config dict. Only the parameters and
+      BatchNorm statistics are read.
+    step: which step (default the newest readable one).
   """
-  state, meta = checkpoints.restore(path, step)
-  if meta.get("task") != "s2s":
-    raise ValueError(f"{path}: not an S2S checkpoint (task {meta.get('task')!r})")
+  root, meta = checkpoints.read_model_meta(path, "s2s", step)
   config = S2SConfig.from_dict({**meta["model"], "variant": meta["variant"]})
-  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  model = S2STransformer(config)
+  codes = jnp.zeros((1, config.num_quantizers, 4), jnp.int32)
+  ids = jnp.zeros((1,), jnp.int32)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), codes, codes, ids, ids))
+  variables = checkpoints.restore_subtree(
+      root, {"params": abstract["params"], "batch_stats": abstract["batch_stats"]}, step)
   return S2S(config, variables)

@@ -12,11 +12,8 @@ training loop.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import signal
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +25,7 @@ import optax
 import soundfile
 from absl import logging
 
-from telugu_jax import checkpoints as checkpointing, losses, optim
+from telugu_jax import checkpoints, losses, optim
 from telugu_jax.data import pipelines, sample_corpus
 from telugu_jax.data.audio import bucket_length
 from telugu_jax.evaluation import metrics as eval_metrics
@@ -36,15 +33,19 @@ from telugu_jax.evaluation import plots
 from telugu_jax.models import codec as codec_lib
 from telugu_jax.models.codec import Codec
 from telugu_jax.models.discriminators import Discriminator
-from telugu_jax.train import sharding
+from telugu_jax.train import loop, sharding
 
 State = dict[str, Any]
 SAMPLE_RATE = 16000
 # Model options that change no parameter: a checkpoint may differ from the config in these.
 _FREE_OPTIONS = ("straight_through",)
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def build_models(config: ml_collections.ConfigDict) -> tuple[Codec, Discriminator]:
+  if config.compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"compute_dtype {config.compute_dtype!r} is not supported: use one of "
+                     f"{COMPUTE_DTYPES}")
   return (Codec(**config.codec, dtype=config.compute_dtype),
           Discriminator(**config.discriminator, dtype=config.compute_dtype))
 
@@ -94,10 +95,7 @@ def load_state(path: str, config: ml_collections.ConfigDict,
   Raises:
     ValueError: if the checkpoint's architecture differs from `config`'s.
   """
-  root = checkpointing.resolve(path)
-  meta = checkpointing.read_meta(root, step)
-  if meta.get("task") != "codec":
-    raise ValueError(f"{path}: not a codec checkpoint (task {meta.get('task')!r})")
+  root, meta = checkpoints.read_model_meta(path, "codec", step)
   for key in ("codec", "discriminator"):
     if key not in meta:
       continue
@@ -115,7 +113,7 @@ def load_state(path: str, config: ml_collections.ConfigDict,
     if "disc_optimizer" in meta:
       wanted["disc"]["opt"] = abstract["disc"]["opt"]
   wanted["step"] = abstract["step"]
-  restored = checkpointing.restore_subtree(root, wanted, step)
+  restored = checkpoints.restore_subtree(root, wanted, step)
   if restored["gen"].keys() == abstract["gen"].keys() and "opt" in restored.get("disc", {}):
     return restored, meta
   state = init_state(config, jax.random.key(config.seed))
@@ -148,9 +146,14 @@ def reseed_codes(rng: jax.Array, ema: dict[str, jax.Array], residuals: jax.Array
   }
 
 
-def make_train_step(config: ml_collections.ConfigDict) -> Callable[[State, jax.Array],
-                                                                      tuple[State, dict]]:
+def make_train_step(config: ml_collections.ConfigDict,
+                    learning_rate: optax.Schedule | None = None
+                    ) -> Callable[[State, jax.Array], tuple[State, dict]]:
   """Returns `train_step(state, audio [B, T]) -> (state, metrics)`, the original's GAN update.
+
+  `learning_rate`: a function of `state["step"]` that sets both optimizers' learning rate before
+  their updates (the trainer's per-epoch cosine, `optim.epoch_cosine_schedule`); None keeps the
+  rate held in the optimizer states (e.g. a converted checkpoint's).
 
   1. Discriminator step: the codec in eval mode (no EMA update) makes the fake audio, without
      gradient; hinge loss; AdamW on the discriminator.
@@ -167,6 +170,10 @@ def make_train_step(config: ml_collections.ConfigDict) -> Callable[[State, jax.A
 
   def train_step(state: State, audio: jax.Array) -> tuple[State, dict]:
     gen, dis = state["gen"], state["disc"]
+    if learning_rate is not None:
+      rate = learning_rate(state["step"])
+      gen = {**gen, "opt": optim.set_learning_rate(gen["opt"], rate)}
+      dis = {**dis, "opt": optim.set_learning_rate(dis["opt"], rate)}
 
     fake = jax.lax.stop_gradient(
         codec.apply({"params": gen["params"], "vq": gen["vq"]}, audio)["audio"])
@@ -208,7 +215,8 @@ def make_train_step(config: ml_collections.ConfigDict) -> Callable[[State, jax.A
     }
     metrics = {"gen_loss": gen_loss, "disc_loss": disc_loss, **gen_terms, **disc_terms,
                "gen_grad_norm": optax.global_norm(gen_grads),
-               "disc_grad_norm": optax.global_norm(disc_grads)}
+               "disc_grad_norm": optax.global_norm(disc_grads),
+               "learning_rate": optim.get_moments(gen_opt).learning_rate}
     return new_state, metrics
 
   return train_step
@@ -336,52 +344,25 @@ class Evaluator:
 # --- the training loop ----------------------------------------------------------------------------
 
 
-def _expand(patterns: str) -> list[str]:
-  paths = []
-  for pattern in filter(None, (p.strip() for p in patterns.split(","))):
-    matches = sorted(glob.glob(pattern))
-    if not matches:
-      raise FileNotFoundError(f"no shards match {pattern!r}")
-    paths += matches
-  return paths
-
-
 def resolve_shards(config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
   """`(train, validation)` shard paths; the bundled sample corpus when none are configured."""
   if not config.data.train_shards:
     corpus = sample_corpus.sample_shards()
     logging.info("No data configured: training on the bundled Telugu sample corpus")
     return corpus["train"], corpus["validation"]
-  return _expand(config.data.train_shards), _expand(config.data.validation_shards)
+  return (loop.expand_shards(config.data.train_shards),
+          loop.expand_shards(config.data.validation_shards))
 
 
-class _Preemption:
-  """Turns SIGTERM (and SIGINT) into a flag that the loop checks after each step."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._previous[sig] = signal.signal(sig, self._handle)
-
-  def _handle(self, signum, frame):
-    logging.warning("Received signal %d: saving a checkpoint and exiting", signum)
-    self.requested = True
-
-  def restore(self):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-
-def _progress(step, total, metrics, rate, audio_rate, eta):
-  losses_text = " ".join(f"{k} {v:.4g}" for k, v in metrics.items()
-                         if k in ("gen_loss", "disc_loss", "l1", "vq", "mel", "feature_matching"))
-  return (f"step {step}/{total} | {losses_text} | {rate:.2f} steps/s | "
-          f"{audio_rate:.1f} audio-s/s | ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+def _eval_summary(step: int, results: dict[str, float]) -> str:
+  shown = {k: v for k, v in results.items()
+           if "_" not in k.split("/")[1] or "mean" in k or k.endswith(("si_sdr", "mel_distance"))}
+  return f"eval step {step}: " + " ".join(f"{k} {v:.3f}" for k, v in shown.items())
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains the codec GAN, resuming from `workdir` or `config.init_from`. Returns final metrics."""
+  build_models(config)  # Validates the model options before any work.
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh()
   is_main = jax.process_index() == 0
@@ -398,131 +379,71 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   total_steps = config.total_steps or config.num_epochs * steps_per_epoch
 
   # State: the workdir's checkpoint, else config.init_from, else fresh.
-  checkpoints = checkpointing.TrainingCheckpoints(
-      os.path.join(workdir, checkpointing.WORKDIR_CHECKPOINTS), keep=config.keep_checkpoints)
+  checkpoint_manager = checkpoints.TrainingCheckpoints(
+      os.path.join(workdir, checkpoints.WORKDIR_CHECKPOINTS), keep=config.keep_checkpoints)
   replicated = sharding.replicated(mesh)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                           abstract_state(config))
-  meta = {"task": "codec", "codec": _jsonable(config.codec), "config": config.to_json(),
-          "discriminator": _jsonable(config.discriminator),
-          "gen_optimizer": dict(config.optimizer), "disc_optimizer": dict(config.optimizer)}
-  latest = checkpoints.latest_step()
-  if latest is not None:
-    state, saved_meta = checkpoints.restore(latest, abstract, train_iter)
-    meta.update(start_step=saved_meta["start_step"], start_epoch=saved_meta["start_epoch"])
-    logging.info("Resumed from %s at step %d", checkpoints.directory, latest)
-  elif config.init_from:
-    state, saved_meta = load_state(config.init_from, config)
-    state = jax.device_put(state, replicated)
-    start_epoch = saved_meta["epoch"] + 1 if "epoch" in saved_meta else 0
-    meta.update(start_step=int(state["step"]), start_epoch=start_epoch)
-    logging.info("Initialised from %s (step %d, next epoch %d)", config.init_from,
-                 int(state["step"]), start_epoch)
-  else:
-    state = jax.device_put(init_state(config, jax.random.key(config.seed)), replicated)
-    meta.update(start_step=0, start_epoch=0)
+  meta = checkpoints.model_meta("codec", codec=_jsonable(config.codec),
+                                discriminator=_jsonable(config.discriminator))
+  meta.update(config=config.to_json(), gen_optimizer=dict(config.optimizer),
+              disc_optimizer=dict(config.optimizer))
+
+  def load_init(path):
+    state, saved = load_state(path, config)
+    extra = {"start_learning_rate": float(optim.get_moments(state["gen"]["opt"]).learning_rate)}
+    if "epoch" in saved:
+      extra["start_epoch"] = saved["epoch"] + 1
+    return jax.device_put(state, replicated), extra
+
+  restored = loop.restore_or_initialize(
+      checkpoint_manager, abstract, train_iter, meta, config.init_from, load_init,
+      lambda: jax.device_put(init_state(config, jax.random.key(config.seed)), replicated))
+  state = restored.state
+  meta.setdefault("start_learning_rate", config.optimizer.learning_rate)
   first_step = int(state["step"])
 
   def epoch_of(step):
     return meta["start_epoch"] + (step - meta["start_step"]) // steps_per_epoch
 
-  train_step = jax.jit(make_train_step(config),
+  schedule = optim.epoch_cosine_schedule(
+      config.optimizer.learning_rate, config.num_epochs, steps_per_epoch, meta["start_step"],
+      meta["start_epoch"], meta["start_learning_rate"])
+  train_step = jax.jit(make_train_step(config, schedule),
                        in_shardings=(replicated, sharding.batch_sharded(mesh)),
                        out_shardings=(replicated, replicated), donate_argnums=0)
-  writer = None
+  log = loop.MetricsLog(workdir, restored.checkpoint_step or 0)
   if is_main:
-    from tensorboardX import SummaryWriter  # Logging only on the main process.
-    writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
-  evaluator = Evaluator(config, mesh, validation_shards, workdir, writer)
-  preemption = _Preemption()
-  audio_seconds_per_step = global_batch * config.data.crop_samples / SAMPLE_RATE
+  evaluator = Evaluator(config, mesh, validation_shards, workdir, log.writer)
+  audio_seconds = global_batch * config.data.crop_samples / SAMPLE_RATE
   print(f"training {total_steps} steps ({steps_per_epoch} per epoch) from step {first_step} on "
         f"{jax.device_count()} devices, {jax.process_count()} processes; global batch "
         f"{global_batch} × {config.data.crop_samples} samples", flush=True)
 
-  last_saved = latest
-  pending = None  # (step, metrics) of the step dispatched last: checked one step behind
-  results: dict[str, float] = {}
-  window_start, window_steps = time.perf_counter(), 0
+  def evaluate(state, step):
+    results = evaluator(state["gen"], step)
+    if is_main:
+      print(_eval_summary(step, results), flush=True)
+    return results
 
-  def check(step_and_metrics):
-    step, metrics = step_and_metrics
-    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not all(np.isfinite([values["gen_loss"], values["disc_loss"]])):
-      checkpoints.wait()
-      raise FloatingPointError(
-          f"non-finite loss at step {step} (generator {values['gen_loss']}, discriminator "
-          f"{values['disc_loss']}); the last good checkpoint is step {last_saved} in "
-          f"{checkpoints.directory}, left intact")
-    return values
-
-  def save(step, metrics=None):
-    nonlocal last_saved
-    checkpoints.save(step, state, {**meta, "step": step, "epoch": epoch_of(step - 1)},
-                     train_iter, metrics=metrics)
-    last_saved = step
-
+  spec = loop.LoopSpec(
+      train_step=train_step,
+      next_batch=lambda: (sharding.global_batch(mesh, next(train_iter)["audio"]),
+                          {"audio_seconds": audio_seconds}),
+      evaluate=evaluate,
+      loss_keys=("gen_loss", "disc_loss"),
+      progress_keys=("gen_loss", "disc_loss", "l1", "vq", "mel", "feature_matching"),
+      throughput=("audio_seconds", "audio-s/s"),
+      best_of=lambda results: results.get("val/snr"),
+      step_meta=lambda step: {"epoch": epoch_of(step - 1)})
   try:
-    for step in range(first_step, total_steps):
-      if step > first_step and epoch_of(step) != epoch_of(step - 1):
-        lr = optim.cosine_learning_rate(config.optimizer.learning_rate, epoch_of(step),
-                                        config.num_epochs)
-        state["gen"]["opt"] = optim.set_learning_rate(state["gen"]["opt"], lr)
-        state["disc"]["opt"] = optim.set_learning_rate(state["disc"]["opt"], lr)
-      batch = sharding.global_batch(mesh, next(train_iter)["audio"])
-      state, metrics = train_step(state, batch)
-      if pending is not None:
-        values = check(pending)
-      pending = (step + 1, metrics)
-      window_steps += 1
-      done = step + 1
-      if done % config.log_every == 0 or done == total_steps:
-        values = check(pending)
-        elapsed = time.perf_counter() - window_start
-        rate = window_steps / elapsed
-        values["learning_rate"] = float(optim.get_moments(state["gen"]["opt"]).learning_rate)
-        if is_main:
-          print(_progress(done, total_steps, values, rate, rate * audio_seconds_per_step,
-                          (total_steps - done) / rate), flush=True)
-          for name, value in values.items():
-            writer.add_scalar(f"train/{name}", value, done)
-          writer.add_scalar("train/audio_seconds_per_second", rate * audio_seconds_per_step, done)
-          _append_jsonl(os.path.join(workdir, "metrics.jsonl"), {"step": done, **values})
-        window_start, window_steps = time.perf_counter(), 0
-      if config.eval_every > 0 and (done % config.eval_every == 0 or done == total_steps):
-        check(pending)
-        results = evaluator(state["gen"], done)
-        if is_main:
-          print(f"eval step {done}: " + " ".join(f"{k} {v:.3f}" for k, v in results.items()
-                                                 if "_" not in k.split("/")[1] or "mean" in k
-                                                 or k.endswith(("si_sdr", "mel_distance"))),
-                flush=True)
-          for name, value in results.items():
-            writer.add_scalar(name, value, done)
-          _append_jsonl(os.path.join(workdir, "metrics.jsonl"), {"step": done, **results})
-        best = {"snr": results["val/snr"]} if "val/snr" in results else None
-        save(done, best)
-      elif (done % config.checkpoint_every == 0 or done == total_steps
-            or preemption.requested):
-        check(pending)
-        save(done)
-      if preemption.requested:
-        logging.warning("Stopping after step %d on request; checkpoint saved", done)
-        break
+    _, results = loop.run(spec, config, state, first_step, total_steps, checkpoint_manager,
+                          restored.checkpoint_step, meta, train_iter, log)
   finally:
-    checkpoints.wait()
-    checkpoints.close()
-    preemption.restore()
-    if writer is not None:
-      writer.close()
+    log.close()
   return results
-
-
-def _append_jsonl(path: str, record: dict[str, Any]) -> None:
-  with open(path, "a") as f:
-    f.write(json.dumps(record) + "\n")
 
 
 def _jsonable(config_dict) -> dict[str, Any]:

@@ -1,0 +1,226 @@
+"""The S2S trainer: its loss, that it learns a mapping only cross-attention can carry, exact
+resume after SIGKILL, the style stage's frozen parts, gradient accumulation, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+
+from configs import codec as codec_configs
+from configs import s2s as s2s_configs
+from telugu_jax import checkpoints, inference, losses
+from telugu_jax.data import records
+from telugu_jax.train import codec as codec_trainer
+from telugu_jax.train import s2s as trainer
+
+VOCAB = 16
+
+
+def configure(config, **overrides):
+  with config.unlocked():
+    for key, value in overrides.items():
+      *parents, name = key.split(".")
+      node = config
+      for parent in parents:
+        node = node[parent]
+      node[name] = value
+  return config
+
+
+def pair_config(train, validation, **overrides):
+  """The smoke model with 2 levels of 16 codes, on pair shards."""
+  return configure(s2s_configs.get_config("smoke"), **{
+      "stage": "conversation", "model.vocab_size": VOCAB, "model.num_quantizers": 2,
+      "model.delays": (0, 1), "data.train_shards": train, "data.validation_shards": validation,
+      "data.max_question_frames": 8, "data.max_answer_frames": 8, "data.bucket_frames": 8,
+      "data.batch_size": 32, **overrides})
+
+
+def reversal_pairs(count, seed, levels=2):
+  """Random questions of 4-8 frames; the answer is the question reversed in time."""
+  rng = np.random.default_rng(seed)
+  pairs = []
+  for _ in range(count):
+    question = rng.integers(0, VOCAB, (levels, int(rng.integers(4, 9))))
+    pairs.append({"question": question, "answer": question[:, ::-1], "speaker_id": 1,
+                  "emotion_id": 2})
+  return pairs
+
+
+def test_masked_cross_entropy_against_pytorch():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 3, 5, 7)).astype(np.float32)
+  targets = rng.integers(0, 7, (2, 3, 5))
+  loss, sums = losses.masked_cross_entropy(jnp.asarray(logits), jnp.asarray(targets),
+                                           jnp.ones((2, 3, 5)))
+  # The original's objective: the mean over levels of F.cross_entropy.
+  expected = np.mean([torch.nn.functional.cross_entropy(
+      torch.from_numpy(logits[:, q]).reshape(-1, 7), torch.from_numpy(targets[:, q]).reshape(-1))
+      .item() for q in range(3)])
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+  np.testing.assert_array_equal(sums["count"], [10, 10, 10])
+  np.testing.assert_array_equal(sums["correct"],
+                                np.sum(logits.argmax(-1) == targets, axis=(0, 2)))
+
+  # Masked positions, label smoothing and level weights, against PyTorch's own smoothing.
+  weights = (rng.random((2, 3, 5)) > 0.4).astype(np.float32)
+  level_weights = (1.0, 2.0, 0.5)
+  loss, _ = losses.masked_cross_entropy(jnp.asarray(logits), jnp.asarray(targets),
+                                        jnp.asarray(weights), 0.1, level_weights)
+  per_level = []
+  for q in range(3):
+    keep = torch.from_numpy(weights[:, q].reshape(-1) > 0)
+    per_level.append(torch.nn.functional.cross_entropy(
+        torch.from_numpy(logits[:, q]).reshape(-1, 7)[keep],
+        torch.from_numpy(targets[:, q]).reshape(-1)[keep], label_smoothing=0.1).item())
+  assert float(loss) == pytest.approx(np.average(per_level, weights=level_weights), rel=1e-5)
+
+
+def test_learns_to_answer_with_the_reversed_question(tmp_path):
+  """An answer that is the question backwards: every frame must be read from the encoder
+  through cross-attention, at a position that depends on the question's length. Greedy
+  decoding of held-out questions must give the exact answer, end-of-speech included (it fails
+  with cross-attention disabled, causal masking off, the delay pattern misapplied, or the
+  end-of-speech target removed)."""
+  data = str(tmp_path / "data")
+  train = records.write_code_shards(reversal_pairs(4000, 0), data, split="train")
+  held_out = reversal_pairs(32, 1)
+  validation = records.write_code_shards(held_out, data, split="validation")
+  config = pair_config(train[0], validation[0], total_steps=600, log_every=100, eval_every=600,
+                       checkpoint_every=600, **{"optimizer.warmup_steps": 20})
+  results = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  assert results["val/accuracy"] > 0.99 and results["val/eos_accuracy"] == 1.0, results
+
+  model = inference.load_s2s(str(tmp_path / "run"))  # a training workdir loads like a conversion
+  pad = model.config.pad_id
+  questions = np.full((len(held_out), 2, 8), pad, np.int32)
+  for row, pair in enumerate(held_out):
+    questions[row, :, :pair["question"].shape[1]] = pair["question"]
+  codes, lengths = model.generate(questions, 1, 2, max_frames=12, temperature=0.0)
+  for row, pair in enumerate(held_out):
+    np.testing.assert_array_equal(codes[row, :, :lengths[row]], pair["answer"], err_msg=str(row))
+
+
+def test_style_stage_trains_only_style_and_last_layers_and_accumulation_averages(tmp_path):
+  data = str(tmp_path / "data")
+  train = records.write_code_shards(reversal_pairs(8, 0), data, split="train")
+  config = pair_config(train[0], "", **{"trainable.parts": "style",
+                                        "trainable.last_decoder_layers": 1,
+                                        "optimizer.warmup_steps": 0})
+  state = trainer.init_state(config, jax.random.key(0))
+  batch = {k: jnp.asarray(v) for k, v in _batch(reversal_pairs(4, 3)).items()}
+  new, metrics = jax.jit(trainer.make_train_step(config, state["params"]))(
+      jax.tree.map(jnp.copy, state), batch)
+  assert np.isfinite(float(metrics["loss"]))
+  changed = {name for name in state["params"]
+             if any(not np.array_equal(a, b) for a, b in zip(
+                 jax.tree.leaves(state["params"][name]), jax.tree.leaves(new["params"][name])))}
+  assert changed == {"style_embed", "decoder_layers_1"}
+  for a, b in zip(jax.tree.leaves(state["batch_stats"]), jax.tree.leaves(new["batch_stats"])):
+    np.testing.assert_array_equal(a, b)
+
+  # Two micro-batches of the same batch with accumulation equal one step on it (dropout off).
+  plain = pair_config(train[0], "", **{"optimizer.warmup_steps": 0})
+  accumulated = pair_config(train[0], "", **{"optimizer.accumulate_steps": 2, "total_steps": 12,
+                                             "optimizer.warmup_steps": 0})
+  one = jax.jit(trainer.make_train_step(plain, state["params"]))
+  two = jax.jit(trainer.make_train_step(accumulated, state["params"]))
+  expected, _ = one(trainer.init_state(plain, jax.random.key(0)), batch)
+  got = trainer.init_state(accumulated, jax.random.key(0))
+  got, _ = two(got, batch)
+  for a, b in zip(jax.tree.leaves(got["params"]), jax.tree.leaves(state["params"])):
+    np.testing.assert_array_equal(a, b)  # nothing applied after the first micro-batch
+  got, _ = two(got, batch)
+  for a, b in zip(jax.tree.leaves(got["params"]), jax.tree.leaves(expected["params"])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _batch(pairs, width=8):
+  pad = 16 + 2
+  out = {"question": np.full((len(pairs), 2, width), pad, np.int32),
+         "answer": np.full((len(pairs), 2, width), pad, np.int32)}
+  for row, pair in enumerate(pairs):
+    out["question"][row, :, :pair["question"].shape[1]] = pair["question"]
+    out["answer"][row, :, :pair["answer"].shape[1]] = pair["answer"]
+  out["question_lengths"] = np.array([p["question"].shape[1] for p in pairs], np.int32)
+  out["answer_lengths"] = np.array([p["answer"].shape[1] for p in pairs], np.int32)
+  out["speaker"] = np.ones(len(pairs), np.int32)
+  out["emotion"] = np.full(len(pairs), 2, np.int32)
+  return out
+
+
+def _launch(workdir, *flags):
+  return subprocess.Popen(
+      [sys.executable, "-m", "telugu_jax.main", "--config=configs/s2s.py:smoke",
+       f"--workdir={workdir}", *flags], cwd=ROOT, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True)
+
+
+def test_sigkill_resume_gives_the_batches_and_parameters_of_an_uninterrupted_run(tmp_path):
+  total = 40
+  flags = [f"--config.total_steps={total}", "--config.checkpoint_every=4",
+           "--config.eval_every=0", "--config.log_every=1"]
+  reference = _launch(tmp_path / "reference", *flags)
+  output = reference.communicate(timeout=600)[0]
+  assert reference.returncode == 0, output
+
+  killed = _launch(tmp_path / "killed", *flags)
+  for line in killed.stdout:  # step 8's save waits for step 4's: step 4 is on disk by step 9
+    if line.startswith("step 9/"):
+      break
+  killed.kill()  # SIGKILL: no chance to clean up
+  killed.wait()
+  latest = checkpoints.latest_step(str(tmp_path / "killed" / "checkpoints"))
+  assert latest is not None and 4 <= latest < total, latest
+  resumed = _launch(tmp_path / "killed", *flags)
+  output = resumed.communicate(timeout=600)[0]
+  assert resumed.returncode == 0 and "resumed from" in output, output
+
+  def rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      return [json.loads(line) for line in f]
+
+  killed_rows, reference_rows = rows(tmp_path / "killed"), rows(tmp_path / "reference")
+  assert [r["step"] for r in killed_rows] == list(range(1, total + 1))
+  assert [r["train/loss"] for r in killed_rows] == [r["train/loss"] for r in reference_rows]
+  a, b = (inference.load_s2s(str(tmp_path / name)).variables for name in ("killed", "reference"))
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_bad_input_is_named_before_any_step(tmp_path):
+  data = tmp_path / "data"
+  good = records.write_code_shards(reversal_pairs(8, 0), data / "good", split="train")[0]
+  three_levels = records.write_code_shards(reversal_pairs(8, 0, levels=3), data / "levels",
+                                           split="train")[0]
+  too_big = records.write_code_shards(
+      [{"question": np.full((2, 5), VOCAB), "answer": np.zeros((2, 5), int)}], data / "vocab",
+      split="train")[0]
+  utterances = records.write_code_shards([{"codes": np.zeros((2, 9), int)}], data / "codes",
+                                         split="train")[0]
+  run = str(tmp_path / "run")
+  for shard, message in ((three_levels, r"levels/train-00000.*\[2 levels"),
+                         (too_big, r"vocab/train-00000.*outside the model's vocabulary \[0, 16\)"),
+                         (utterances, r"codes/train-00000.*lack \['question', 'answer'\]")):
+    with pytest.raises(ValueError, match=message):
+      trainer.train_and_evaluate(pair_config(shard, ""), run)
+  assert not os.path.exists(os.path.join(run, "checkpoints", "0"))
+
+  # init_from: a codec checkpoint, or an S2S model of another size.
+  codec_dir = str(tmp_path / "codec")
+  codec_config = codec_configs.get_config("smoke")
+  checkpoints.save(codec_dir, 0, codec_trainer.init_state(codec_config, jax.random.key(0)),
+                   {"task": "codec", "codec": json.loads(codec_config.codec.to_json())})
+  with pytest.raises(ValueError, match="not a s2s checkpoint"):
+    trainer.train_and_evaluate(pair_config(good, "", init_from=codec_dir), run)
+  other = pair_config(good, "", total_steps=1, eval_every=0, **{"model.hidden_dim": 32})
+  trainer.train_and_evaluate(other, str(tmp_path / "small"))
+  with pytest.raises(ValueError, match=r"small.*hidden_dim \(32 vs 64\)"):
+    trainer.train_and_evaluate(pair_config(good, "", init_from=str(tmp_path / "small")), run)
