@@ -96,7 +96,7 @@ def restore_newest_intact(directory: str, steps: list[int], restore_step: Callab
     return restore_step(step)
   if not steps:
     raise FileNotFoundError(f"{directory}: no checkpoint")
-  errors = []
+  errors, skipped = [], []
   for candidate in sorted(steps, reverse=True):
     try:
       restored = restore_step(candidate)
@@ -105,10 +105,11 @@ def restore_newest_intact(directory: str, steps: list[int], restore_step: Callab
       logging.warning("Checkpoint step %d in %s cannot be read (%s); trying an older step",
                       candidate, directory, message)
       errors.append(f"step {candidate}: {message}")
+      skipped.append(str(candidate))
       continue
-    if errors:
+    if skipped:
       logging.warning("Using checkpoint step %d of %s; skipped the unreadable step(s) %s",
-                      candidate, directory, ", ".join(e.split(":")[0][5:] for e in errors))
+                      candidate, directory, ", ".join(skipped))
     return restored
   raise CorruptCheckpointError(f"{directory}: no readable checkpoint; " + "; ".join(errors))
 

@@ -7,6 +7,7 @@ detected; else pass `--coordinator_address`, `--num_processes` and `--process_id
 `launch/`).
 """
 
+import errno
 import importlib.util
 import os
 import sys
@@ -59,6 +60,19 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
+def _disk_full(error: BaseException) -> str | None:
+  """The first line of a "no space" / "file too large" error in `error`'s chain, if any."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    text = str(error)
+    if (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        or "No space left on device" in text or "File too large" in text):
+      return text.splitlines()[0] if text else type(error).__name__
+    error = error.__cause__ or error.__context__
+  return None
+
+
 def main(argv):
   del argv
   import jax
@@ -80,10 +94,20 @@ def main(argv):
     raise ValueError(f"unknown task {config.task!r}: expected 'codec' or 's2s'")
   os.makedirs(FLAGS.workdir, exist_ok=True)
   lock = loop.WorkdirLock(FLAGS.workdir)
-  if jax.process_index() == 0:
-    lock.acquire()
   try:
+    if jax.process_index() == 0:
+      lock.acquire()
     trainer.train_and_evaluate(config, FLAGS.workdir)
+  except (loop.WorkdirInUseError, FloatingPointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  except Exception as e:  # A full disk surfaces from Orbax, TensorStore or plain writes.
+    reason = _disk_full(e)
+    if reason is None:
+      raise
+    print(f"error: out of disk space writing under {os.path.abspath(FLAGS.workdir)} ({reason}); "
+          "the checkpoints written before are intact", file=sys.stderr)
+    sys.exit(1)
   finally:
     lock.release()
 
