@@ -5,6 +5,7 @@
     codes = codec.encode(wave)                   # float32 [B, T] at 16 kHz -> int32 [B, 8, frames]
     wave = codec.decode(codes)                   # -> float32 [B, T']
     recon = codec.reconstruct(wave)              # eval-mode forward, trimmed/padded to T
+    codes = codec.encode_batch(padded, lengths)  # end-padded rows of different lengths
 
 Inputs are zero-padded up to a length bucket (1, 1.5, 2, 3, 4, 6, 8, ... seconds) and the
 padding is masked inside the model, so each bucket compiles once and the results equal those of
@@ -83,8 +84,37 @@ class CodecModel:
     codes = self._encode(self.variables, padded, lengths)
     return np.asarray(codes[:, :, : self.num_frames(length)])
 
-  def decode(self, codes: np.ndarray) -> np.ndarray:
-    """int codes `[B, n_q, frames]` → float32 audio `[B, num_samples(frames)]`."""
+  def encode_batch(self, wave: np.ndarray, lengths: np.ndarray) -> jax.Array:
+    """Utterances of different lengths, end-padded into one batch → codes of every row.
+
+    The padding is masked per row, so row `i`'s first `num_frames(lengths[i])` frames are the
+    codes `encode` gives for `wave[i, :lengths[i]]` alone. Unlike `encode`, the width is not
+    bucketed (each new `[B, W]` shape compiles once: the caller chooses its shapes) and the
+    result is returned as soon as the computation is dispatched, so the caller can prepare the
+    next batch while this one runs (`np.asarray` waits for it).
+
+    Args:
+      wave: float32 `[B, W]` at 16 kHz, each row zero-padded after its length.
+      lengths: int `[B]` valid samples per row (1 ≤ length ≤ W).
+
+    Returns:
+      int32 device array `[B, n_q, num_frames(W)]`.
+    """
+    wave = _as_batch(wave)
+    lengths = np.asarray(lengths, np.int32)
+    if lengths.shape != (wave.shape[0],):
+      raise ValueError(f"expected {wave.shape[0]} lengths, got shape {lengths.shape}")
+    if lengths.size and (lengths.min() < 1 or lengths.max() > wave.shape[1]):
+      raise ValueError(f"lengths must lie in [1, {wave.shape[1]}], "
+                       f"got [{lengths.min()}, {lengths.max()}]")
+    return self._encode(self.variables, wave, lengths)
+
+  def decode(self, codes: np.ndarray, levels: int | None = None) -> np.ndarray:
+    """int codes `[B, n_q, frames]` → float32 audio `[B, num_samples(frames)]`.
+
+    `levels` decodes only the first `levels` quantizer levels (the sum of their codebook rows, as
+    a residual VQ at a lower bitrate); by default all `n_q`.
+    """
     codes = np.asarray(codes)
     if codes.ndim == 2:
       codes = codes[None]
@@ -94,6 +124,10 @@ class CodecModel:
     if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
       raise ValueError(f"codes must lie in [0, {self.codebook_size}), "
                        f"got [{codes.min()}, {codes.max()}]")
+    if levels is not None:
+      if not 1 <= levels <= self.num_quantizers:
+        raise ValueError(f"levels must lie in [1, {self.num_quantizers}], got {levels}")
+      codes = codes[:, :levels]
     frames = codes.shape[2]
     padded = np.pad(codes.astype(np.int32),
                     ((0, 0), (0, 0), (0, bucket_length(frames, self._frame_bucket) - frames)))
