@@ -217,8 +217,11 @@ class TrainingCheckpoints:
   def restore_latest(self, abstract_state: Any, data_iterator: Any
                      ) -> tuple[int, Any, dict] | None:
     """Restores the newest readable step: `(step, state, meta)`, with `data_iterator` moved to
-    its saved position; None when there is no checkpoint. Unreadable newer steps are skipped
-    with a warning (`restore_newest_intact`)."""
+    its saved position; None when there is no checkpoint.
+
+    Unreadable newer steps are skipped with a warning (`restore_newest_intact`) and moved aside
+    to `<step>.unreadable` (by process 0), so that training can write those steps again.
+    """
     steps = self._manager.all_steps()
     if not steps:
       return None
@@ -229,7 +232,19 @@ class TrainingCheckpoints:
           DATA: grain.checkpoint.CheckpointRestore(data_iterator)}))
       return step, restored[STATE], restored[META]
 
-    return restore_newest_intact(self.directory, list(steps), restore)
+    restored = restore_newest_intact(self.directory, list(steps), restore)
+    unreadable = [step for step in steps if step > restored[0]]
+    if unreadable and jax.process_index() == 0:
+      for step in unreadable:
+        path = os.path.join(self.directory, str(step))
+        os.replace(path, f"{path}.unreadable")
+        logging.warning("Moved the unreadable checkpoint %s aside to %s.unreadable", path, path)
+    if unreadable:
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("telugu_jax: unreadable checkpoints moved aside")
+      self._manager.reload()
+    return restored
 
   def reached_preemption(self, step: int) -> bool:
     return self._manager.reached_preemption(step)

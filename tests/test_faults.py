@@ -87,10 +87,14 @@ def test_training_resumes_from_the_newest_intact_checkpoint(tmp_path, caplog):
   _flip_array_bytes(str(tmp_path / "4"))
   abstract = {"w": jnp.zeros((4,), jnp.float32)}
   step, state, meta = manager.restore_latest(abstract, data)
-  manager.close()
   assert step == 2 and meta["step"] == 2
   np.testing.assert_array_equal(state["w"], 2.0)
   assert "Checkpoint step 4" in caplog.text
+  assert os.path.isdir(tmp_path / "4.unreadable")  # kept for inspection, out of the way
+  manager.save(4, {"w": jnp.full((4,), 5.0, jnp.float32)}, {"step": 4}, data)  # training goes on
+  manager.wait()
+  assert manager.latest_step() == 4
+  manager.close()
 
 
 def test_metrics_history_drops_rows_after_the_restored_step(tmp_path):
