@@ -315,7 +315,8 @@ def run(spec: LoopSpec, config, state: Any, first_step: int, total_steps: int,
           done % config.eval_every == 0 or done == total_steps):
         check(pending)
         results = spec.evaluate(state, done)
-        log.scalars(done, results)
+        if results:
+          log.scalars(done, results)
         save(done, spec.best_of(results))
       elif done % config.checkpoint_every == 0 or done == total_steps or preemption.requested:
         check(pending)
