@@ -46,7 +46,8 @@ def read_model_meta(path: str, task: str, step: int | None = None) -> tuple[str,
   root = resolve(path)
   meta = read_meta(root, step)
   if meta.get("task") != task:
-    raise ValueError(f"{path}: not a {task} checkpoint (its task is {meta.get('task')!r})")
+    what = {"s2s": "an S2S", "codec": "a codec"}.get(task, f"a {task}")
+    raise ValueError(f"{path}: not {what} checkpoint (its task is {meta.get('task')!r})")
   return root, meta
 
 
