@@ -96,7 +96,7 @@ def test_learns_to_answer_with_the_reversed_question(tmp_path):
   config = pair_config(train[0], validation[0], total_steps=600, log_every=100, eval_every=600,
                        checkpoint_every=600, **{"optimizer.warmup_steps": 20})
   results = trainer.train_and_evaluate(config, str(tmp_path / "run"))
-  assert results["val/accuracy"] > 0.99 and results["val/eos_accuracy"] == 1.0, results
+  assert results["val/accuracy"] > 0.99 and results.get("val/eos_accuracy") == 1.0, results
 
   model = inference.load_s2s(str(tmp_path / "run"))  # a training workdir loads like a conversion
   pad = model.config.pad_id
