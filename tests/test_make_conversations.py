@@ -179,6 +179,19 @@ def _pcm(folder):
   return out
 
 
+def test_restricted_text_sets_speakers_and_emotions(text_set):
+  small = text_set.restricted(["greetings", "goodbyes"], fixed_only=True)
+  assert {t.topic for t in small.templates} == {"greetings", "goodbyes"}
+  assert all(small.num_expansions(t) == 1 for t in small.templates)
+  assert all(small.split_of(t.id) == text_set.split_of(t.id) for t in small.templates)
+  plans = [conversations.plan_pair(small, 0, i, speakers=["female_young"], emotions=["neutral"])
+           for i in range(60)]
+  assert {p.speaker for p in plans} == {"female_young"} and {p.emotion for p in plans} == {
+      "neutral"}
+  assert {p.text.topic for p in plans} == {"greetings", "goodbyes"}
+  with pytest.raises(ValueError, match="unknown topics \\['gossip'\\]"):
+    text_set.restricted(["gossip"])
+
 def test_tiny_synthesis_run_resumes_and_is_deterministic(engines, text_set, tmp_path):
   # A seed whose first pairs use both engines for questions and answers.
   seed = next(s for s in range(100) if len({

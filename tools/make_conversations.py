@@ -493,6 +493,10 @@ def make_conversations(
     workers: int = 1,
     augment: float = 0.5,
     validation_voices_fraction: float = 0.05,
+    topics: Sequence[str] = (),
+    fixed_only: bool = False,
+    speakers: Sequence[str] = (),
+    emotions: Sequence[str] = (),
     progress: bool = True,
 ) -> dict[str, Any]:
   """Makes (or resumes) a folder of question -> answer pair shards; see the module docstring.
@@ -508,6 +512,10 @@ def make_conversations(
     workers: shards built in parallel (processes).
     augment: probability that a synthetic question is augmented.
     validation_voices_fraction: share of training-text pairs spoken by held-out user voices.
+    topics: only these topics of the text set (default all).
+    fixed_only: only templates without slots (one text each).
+    speakers: assistant speakers to draw answers from (default all four).
+    emotions: emotions to draw answers from (default all that fit each answer).
     progress: show progress bars.
 
   Returns:
@@ -524,11 +532,20 @@ def make_conversations(
     if pairs <= 0:
       raise ValueError(f"--pairs must be positive, got {pairs}")
     conversations.check_engines()
-    text_set = conversations.TextSet.load()
+    for name in speakers:
+      if name not in records.SPEAKER_IDS:
+        raise ValueError(f"unknown speaker {name!r}; the speakers are "
+                         f"{sorted(records.SPEAKER_IDS)}")
+    for name in emotions:
+      if name not in records.EMOTION_IDS:
+        raise ValueError(f"unknown emotion {name!r}; the emotions are "
+                         f"{sorted(records.EMOTION_IDS)}")
+    text_set = conversations.TextSet.load().restricted(topics, fixed_only)
     text_version = text_set.version
     items: list[Item] = [
         conversations.plan_pair(text_set, seed, i, augment_prob=augment,
-                                validation_voices_fraction=validation_voices_fraction)
+                                validation_voices_fraction=validation_voices_fraction,
+                                speakers=speakers, emotions=emotions)
         for i in range(pairs)]
     source = "synthetic"
   elif from_pairs is not None:
@@ -653,6 +670,11 @@ _AUGMENT = flags.DEFINE_float(
     "augment", 0.5, "Probability that a synthetic question gets noise/reverb/band-limiting.")
 _VALIDATION_VOICES = flags.DEFINE_float(
     "validation_voices_fraction", 0.05, "Share of training texts spoken by held-out voices.")
+_TOPICS = flags.DEFINE_list("topics", [], "Only these topics of the text set (default all).")
+_FIXED_ONLY = flags.DEFINE_bool("fixed_only", False,
+                                "Only templates without slots (one text each).")
+_SPEAKERS = flags.DEFINE_list("speakers", [], "Assistant speakers of the answers (default all).")
+_EMOTIONS = flags.DEFINE_list("emotions", [], "Emotions of the answers (default all that fit).")
 flags.mark_flag_as_required("output")
 
 
@@ -663,7 +685,8 @@ def main(argv):
         _OUTPUT.value, pairs=_PAIRS.value, seed=_SEED.value, from_pairs=_FROM_PAIRS.value,
         from_manifest=_FROM_MANIFEST.value, codec=_CODEC.value, shard_size=_SHARD_SIZE.value,
         workers=_WORKERS.value, augment=_AUGMENT.value,
-        validation_voices_fraction=_VALIDATION_VOICES.value)
+        validation_voices_fraction=_VALIDATION_VOICES.value, topics=_TOPICS.value,
+        fixed_only=_FIXED_ONLY.value, speakers=_SPEAKERS.value, emotions=_EMOTIONS.value)
   except (conversations.SynthesisError, ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
   print(format_summary(summary))

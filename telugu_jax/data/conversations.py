@@ -355,6 +355,7 @@ class TextSet:
   def __init__(self, header: Mapping[str, Any], templates: Sequence[Template],
                slots: Mapping[str, Any]):
     self.version = str(header["version"])
+    self._header, self._slots = dict(header), slots
     self.topics = {name: dict(info) for name, info in header["topics"].items()}
     self.templates = list(templates)
     self.by_id = {t.id: t for t in self.templates}
@@ -405,6 +406,25 @@ class TextSet:
       except KeyError as e:
         raise ValueError(f"{pairs_path}:{line_no}: template lacks {e}") from e
     return cls(header, templates, slots)
+
+  def restricted(self, topics: Sequence[str] = (), fixed_only: bool = False) -> TextSet:
+    """The text set cut down to `topics` (all when empty) and, with `fixed_only`, to templates
+    without slots (one text each): small sets for demos. Splits stay as in the full set.
+
+    Raises:
+      ValueError: an unknown topic, or nothing left.
+    """
+    unknown = sorted(set(topics) - set(self.topics))
+    if unknown:
+      raise ValueError(f"unknown topics {unknown}; the topics are {sorted(self.topics)}")
+    keep = set(topics or self.topics)
+    templates = [t for t in self.templates if t.topic in keep
+                 and (not fixed_only or self.num_expansions(t) == 1)]
+    if not templates:
+      raise ValueError(f"no templates left for topics {sorted(keep)} (fixed_only={fixed_only})")
+    header = {**self._header, "topics": {k: v for k, v in self.topics.items()
+                                         if any(t.topic == k for t in templates)}}
+    return TextSet(header, templates, self._slots)
 
   def _assign_splits(self) -> dict[str, str]:
     """Holds out the lowest-hashing question patterns of each topic as `validation`."""
@@ -612,6 +632,8 @@ def plan_pair(
     *,
     validation_voices_fraction: float = 0.05,
     augment_prob: float = 0.5,
+    speakers: Sequence[str] = (),
+    emotions: Sequence[str] = (),
 ) -> PairPlan:
   """Plans synthetic pair `index` of the run with `seed`.
 
@@ -627,6 +649,9 @@ def plan_pair(
     index: the pair's index in the run.
     validation_voices_fraction: share of training-template pairs moved to `validation_voices`.
     augment_prob: probability that the question is augmented (noise, reverb, band-limiting).
+    speakers: the assistant speakers to draw from (default all of `records.SPEAKER_IDS`).
+    emotions: the emotions to draw from, among those that fit the answer (default all that fit;
+      when none of them fits, the first of `emotions`).
 
   Returns:
     The plan.
@@ -654,10 +679,11 @@ def plan_pair(
                                pitch=float(rng.uniform(0.94, 1.06)),
                                pitch_range=float(rng.uniform(0.85, 1.15)))
   question_gain_db = round(float(rng.uniform(-6.0, 3.0)), 2)
-  speakers = sorted(records.SPEAKER_IDS, key=records.SPEAKER_IDS.get)
+  speakers = list(speakers) or sorted(records.SPEAKER_IDS, key=records.SPEAKER_IDS.get)
   speaker = speakers[int(rng.integers(len(speakers)))]
-  emotions = text_set.emotions_for(text_set.by_id[text.template_id])
-  emotion = emotions[int(rng.integers(len(emotions)))]
+  fitting = text_set.emotions_for(text_set.by_id[text.template_id])
+  allowed = [e for e in fitting if not emotions or e in emotions] or [emotions[0]]
+  emotion = allowed[int(rng.integers(len(allowed)))]
   prosody = EMOTION_PROSODY[emotion]
   answer_voice = ASSISTANT_VOICES[speaker].scaled(rate=prosody.rate, pitch=prosody.pitch,
                                                   pitch_range=prosody.pitch_range)
