@@ -27,6 +27,18 @@ def relative_error(actual, expected) -> float:
   return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-30))
 
 
+def with_overrides(config, **overrides):
+  """`config` with dotted-path fields set (`**{"data.batch_size": 8}`), unlocked for it."""
+  with config.unlocked():
+    for key, value in overrides.items():
+      *parents, name = key.split(".")
+      node = config
+      for parent in parents:
+        node = node[parent]
+      node[name] = value
+  return config
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _torch_threads():
   try:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, with_overrides
 
 from configs import codec as codec_configs
 from configs import s2s as s2s_configs
@@ -132,22 +132,12 @@ def test_bad_configs_get_clear_errors(tmp_path):
   assert "config.optimizer has no field 'learnin_rate'; its fields are: accumulate_steps" in (
       result.stderr)
   with pytest.raises(ValueError, match="compute_dtype 'float16' is not supported"):
-    codec_trainer.build_models(_with(codec_configs.get_config("smoke"), compute_dtype="float16"))
+    codec_trainer.build_models(with_overrides(codec_configs.get_config("smoke"), compute_dtype="float16"))
   with pytest.raises(ValueError, match="compute_dtype 'float16' is not supported"):
     s2s_trainer.train_and_evaluate(
-        _with(s2s_configs.get_config("smoke"), compute_dtype="float16"), str(tmp_path))
+        with_overrides(s2s_configs.get_config("smoke"), compute_dtype="float16"), str(tmp_path))
   with pytest.raises(ValueError, match="level_weights needs 8 entries"):
     s2s_trainer.train_and_evaluate(
-        _with(s2s_configs.get_config("smoke"), **{"loss.level_weights": (1.0, 2.0)}),
+        with_overrides(s2s_configs.get_config("smoke"), **{"loss.level_weights": (1.0, 2.0)}),
         str(tmp_path))
 
-
-def _with(config, **overrides):
-  with config.unlocked():
-    for key, value in overrides.items():
-      *parents, name = key.split(".")
-      node = config
-      for parent in parents:
-        node = node[parent]
-      node[name] = value
-  return config

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, with_overrides
 
 from configs import codec as codec_configs
 from configs import s2s as s2s_configs
@@ -23,20 +23,9 @@ from telugu_jax.train import s2s as trainer
 VOCAB = 16
 
 
-def configure(config, **overrides):
-  with config.unlocked():
-    for key, value in overrides.items():
-      *parents, name = key.split(".")
-      node = config
-      for parent in parents:
-        node = node[parent]
-      node[name] = value
-  return config
-
-
 def pair_config(train, validation, **overrides):
   """The smoke model with 2 levels of 16 codes, on pair shards."""
-  return configure(s2s_configs.get_config("smoke"), **{
+  return with_overrides(s2s_configs.get_config("smoke"), **{
       "stage": "conversation", "model.vocab_size": VOCAB, "model.num_quantizers": 2,
       "model.delays": (0, 1), "data.train_shards": train, "data.validation_shards": validation,
       "data.max_question_frames": 8, "data.max_answer_frames": 8, "data.bucket_frames": 8,
