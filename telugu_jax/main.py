@@ -98,7 +98,9 @@ def main(argv):
     if jax.process_index() == 0:
       lock.acquire()
     trainer.train_and_evaluate(config, FLAGS.workdir)
-  except (loop.WorkdirInUseError, FloatingPointError) as e:
+  except (loop.WorkdirInUseError, FloatingPointError, FileNotFoundError, ValueError) as e:
+    # Errors about the user's input and run (bad configs, data, checkpoints): their message
+    # names the problem; a traceback would only bury it.
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   except Exception as e:  # A full disk surfaces from Orbax, TensorStore or plain writes.

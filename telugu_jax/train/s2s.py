@@ -262,12 +262,12 @@ def check_shards(paths: list[str], config: ml_collections.ConfigDict) -> None:
           raise ValueError(f"{info_path}: the codes have {key} {info[key]}, but the model "
                            f"expects {wanted} (config.model: num_quantizers / vocab_size)")
   for path in paths:
-    reader_records = records.read_first_records(path, 1)
-    if not reader_records:
-      raise ValueError(f"{path}: the shard holds no records")
     try:
-      arrays, _ = records.decode_record(reader_records[0])
-    except records.CorruptRecordError as e:
+      first = records.read_first_records(path, 1)
+      if not first:
+        raise ValueError(f"{path}: the shard holds no records")
+      arrays, _ = records.decode_record(first[0])
+    except (records.CorruptRecordError, RuntimeError) as e:  # RuntimeError: a damaged chunk
       logging.warning("%s: first record unreadable (%s); checked at training time instead",
                       path, e)
       continue
