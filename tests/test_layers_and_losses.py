@@ -42,6 +42,50 @@ def test_transposed_conv_matches_torch_lengths_and_values():
     assert relative_error(actual, expected) < 1e-5
 
 
+@pytest.mark.parametrize("make, shape", [
+    (lambda: layers.Conv1d(6, 7, 1, 3, dilation=3, weight_norm=True), (2, 19, 4)),
+    (lambda: layers.Conv1d(6, 4, 2, 1), (2, 20, 4)),  # a strided encoder conv
+    (lambda: layers.ConvTranspose1d(5, 10, 5, 2, weight_norm=True), (2, 7, 4)),
+    (lambda: layers.ConvTranspose1d(5, 4, 2, 1), (1, 9, 4)),
+    (lambda: layers.Conv2d(5, (3, 9), (1, 2), (1, 4)), (2, 6, 17, 3)),  # the STFT discriminator's
+])
+def test_every_convolution_form_equals_xla_convolution(make, shape):
+  """The CPU rewrites (im2col + matmul, matmul + overlap-add, space-to-depth) compute the same
+  function and gradients as XLA's convolutions, on the same parameters."""
+  x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
+  module = make()
+  params = module.init(jax.random.key(1), x)
+
+  def loss(params, x):
+    return jnp.sum(jnp.tanh(module.apply(params, x)))
+
+  results = {}
+  for impl in ("xla", "rewrite"):
+    with layers.conv_impl(impl):
+      results[impl] = (jax.jit(module.apply)(params, x),
+                       jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x))
+  for got, expected in zip(jax.tree.leaves(results["rewrite"]), jax.tree.leaves(results["xla"])):
+    assert got.shape == expected.shape
+    assert relative_error(got, expected) < 1e-5
+  with pytest.raises(ValueError, match="conv_impl must be one of"):
+    with layers.conv_impl("fast"):
+      pass
+
+
+def test_sin_cos_is_correctly_rounded_and_snake_gradient_matches_the_formula():
+  z = np.concatenate([np.linspace(-40, 40, 20001), np.random.default_rng(0).uniform(
+      -2.0**19, 2.0**19, 20000)]).astype(np.float32)
+  sin, cos = jax.jit(layers.sin_cos)(jnp.asarray(z))
+  np.testing.assert_array_equal(sin, np.sin(z.astype(np.float64)).astype(np.float32))
+  np.testing.assert_array_equal(cos, np.cos(z.astype(np.float64)).astype(np.float32))
+  x, alpha = jnp.linspace(-3.0, 3.0, 13), jnp.float32(1.7)
+  dx, dalpha = jax.grad(lambda x, a: jnp.sum(layers.snake(x, a)), argnums=(0, 1))(x, alpha)
+  np.testing.assert_allclose(dx, 1 + np.sin(2 * alpha * x), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      dalpha, np.sum(x * np.sin(2 * alpha * x) / alpha - np.sin(alpha * x) ** 2 / alpha**2),
+      rtol=1e-5)
+
+
 def test_weight_norm_initialises_g_to_the_norm_of_v():
   conv = layers.Conv1d(6, 3, weight_norm=True)
   params = conv.init(jax.random.key(0), jnp.zeros((1, 10, 4)))["params"]

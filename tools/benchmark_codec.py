@@ -1,30 +1,35 @@
 """Codec training and inference speed: JAX against the PyTorch reference, on this machine.
 
     python tools/benchmark_codec.py                      # batch 4 × 1 s, full-size models
-    python tools/benchmark_codec.py --batch=16 --steps=5 # on a GPU
+    python tools/benchmark_codec.py --cpus=1             # both frameworks confined to one core
+    python tools/benchmark_codec.py --batch=16 --rounds=3 --dtypes=float32,bfloat16  # on a GPU
 
-Prints, for the same GAN training step (same shapes and hyper-parameters: the original's
-discriminator step, then generator step):
-- audio-seconds per second for JAX float32, JAX bfloat16 and PyTorch (the reference in
-  `tests/torch_reference.py`, which like the original also back-propagates into the
-  discriminator's weights during the generator step), and the JAX / PyTorch ratio;
+Measures, in one process and interleaved (JAX step, PyTorch step, JAX step, ...) so that both see
+the same machine load:
+- the GAN training step (same shapes and hyper-parameters: the original's discriminator step,
+  then generator step) for JAX in each of `--dtypes` and for PyTorch (`tests/torch_reference.py`,
+  which like the original also back-propagates into the discriminator's weights during the
+  generator step): best and median wall time, CPU time, audio-seconds per second, the ratio;
 - JAX's FLOPs per step (XLA's cost analysis), the achieved GFLOP/s and this machine's measured
-  float32 matmul ceiling;
-- compile time and peak memory;
-- encode + decode real-time factor of 10 s of audio for JAX and PyTorch.
-Runs unchanged on a GPU (PyTorch then uses CUDA if it sees it).
+  float32 matmul ceiling, compile time and XLA's temporary memory;
+- encode + decode of 10 s of audio at batch 1 (JAX through `telugu_jax.inference.codec`, with
+  its first call, which compiles or reads the persistent compilation cache, timed apart);
+- the load average before and after each part, and the peak process memory.
+On a shared machine the best-of-N times are the ones to compare; `--cpus=1` confines the process
+(XLA's and PyTorch's threads) to one core, whose CPU seconds per step other processes inflate far
+less than they inflate two threads' wall time. Runs unchanged on a GPU (PyTorch then uses CUDA
+if it sees it).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import resource
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -32,8 +37,15 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
+def load() -> str:
+  return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def matmul_ceiling_gflops(n: int = 2048, repeats: int = 5) -> float:
   """Best-of float32 `n × n` matmul throughput through XLA on the default device."""
+  import jax
+  import jax.numpy as jnp
+
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
@@ -49,7 +61,23 @@ def peak_rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 
-def bench_jax(config, audio: np.ndarray, steps: int) -> dict[str, float]:
+class Timer:
+  """Wall and CPU seconds of repeated calls of `run()`, which must block until done."""
+
+  def __init__(self, name: str, run):
+    self.name, self.run, self.wall, self.cpu = name, run, [], []
+
+  def __call__(self) -> None:
+    cpu, wall = time.process_time(), time.perf_counter()
+    self.run()
+    self.wall.append(time.perf_counter() - wall)
+    self.cpu.append(time.process_time() - cpu)
+
+
+def jax_step(config, audio: np.ndarray) -> tuple[Timer, dict[str, float]]:
+  """A compiled JAX GAN step (one warm-up call done) and its compile statistics."""
+  import jax
+
   from telugu_jax.train import codec as trainer
 
   state = trainer.init_state(config, jax.random.key(0), audio.shape[1])
@@ -59,22 +87,21 @@ def bench_jax(config, audio: np.ndarray, steps: int) -> dict[str, float]:
   compile_s = time.perf_counter() - start
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  flops = float(cost.get("flops", 0.0)) if cost else 0.0
   memory = compiled.memory_analysis()
-  state, metrics = compiled(state, audio)  # warm-up
-  jax.block_until_ready(metrics)
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    state, metrics = compiled(state, audio)
+  holder = {"state": state}
+
+  def run():
+    holder["state"], metrics = compiled(holder["state"], audio)
     jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  step_s = float(np.median(times))
-  return {"step_s": step_s, "compile_s": compile_s, "flops": flops,
-          "temp_gb": getattr(memory, "temp_size_in_bytes", 0) / 1e9 if memory else 0.0}
+
+  run()  # warm-up
+  return Timer(f"JAX {config.compute_dtype}", run), {
+      "compile_s": compile_s, "flops": float(cost.get("flops", 0.0)) if cost else 0.0,
+      "temp_gb": getattr(memory, "temp_size_in_bytes", 0) / 1e9 if memory else 0.0}
 
 
-def bench_torch(audio: np.ndarray, steps: int) -> dict[str, float]:
+def torch_step(audio: np.ndarray) -> Timer:
+  """The PyTorch reference's GAN step (one warm-up call done)."""
   import torch
   import torch_reference as ref
 
@@ -84,19 +111,20 @@ def bench_torch(audio: np.ndarray, steps: int) -> dict[str, float]:
   (gen_opt, disc_opt), _ = ref.make_optimizers(codec, disc)
   x = torch.from_numpy(audio)[:, None].to(device)
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-  ref.train_step(codec, disc, gen_opt, disc_opt, x)  # warm-up
-  times = []
-  for _ in range(steps):
-    sync()
-    start = time.perf_counter()
+
+  def run():
     ref.train_step(codec, disc, gen_opt, disc_opt, x)
     sync()
-    times.append(time.perf_counter() - start)
-  return {"step_s": float(np.median(times)), "device": device}
+
+  run()  # warm-up
+  return Timer(f"PyTorch {device} float32", run)
 
 
-def inference_rtf(seconds: float) -> tuple[float, float]:
-  """Encode + decode real-time factors (compute time / audio time) for JAX and PyTorch."""
+def inference_timers(seconds: float) -> tuple[Timer, Timer, float]:
+  """Encode + decode of `seconds` of audio, batch 1: JAX (inference API) and PyTorch timers, and
+  the JAX first call's seconds (compilation or a persistent-cache read)."""
+  import jax
+  import jax.numpy as jnp
   import torch
   import torch_reference as ref
 
@@ -107,30 +135,46 @@ def inference_rtf(seconds: float) -> tuple[float, float]:
       np.float32)
   variables = Codec().init(jax.random.key(0), jnp.zeros((1, 16000)))
   codec = CodecModel({}, variables)  # the original architecture
-  codec.decode(codec.encode(wave))  # compile
   start = time.perf_counter()
   codec.decode(codec.encode(wave))
-  jax_rtf = (time.perf_counter() - start) / seconds
+  first_s = time.perf_counter() - start
 
   device = "cuda" if torch.cuda.is_available() else "cpu"
   torch_codec = ref.TeluCodec().to(device).eval()
   x = torch.from_numpy(wave)[:, None].to(device)
-  with torch.no_grad():
-    torch_codec.decode(torch_codec.encode(x))
-    start = time.perf_counter()
-    torch_codec.decode(torch_codec.encode(x))
+
+  def torch_run():
+    with torch.no_grad():
+      torch_codec.decode(torch_codec.encode(x))
     if device == "cuda":
       torch.cuda.synchronize()
-  return jax_rtf, (time.perf_counter() - start) / seconds
+
+  torch_run()  # warm-up
+  return (Timer("JAX", lambda: codec.decode(codec.encode(wave))), Timer("PyTorch", torch_run),
+          first_s)
+
+
+def interleave(timers: list[Timer], rounds: int) -> None:
+  for _ in range(rounds):
+    for timer in timers:
+      timer()
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--seconds", type=float, default=1.0, help="crop length per example")
-  parser.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up)")
+  parser.add_argument("--rounds", type=int, default=5,
+                      help="timed training steps per framework (after one warm-up each)")
+  parser.add_argument("--dtypes", default="float32", help="JAX compute dtypes, comma-separated")
+  parser.add_argument("--cpus", type=int, default=0,
+                      help="confine the process to this many cores (0: all)")
+  parser.add_argument("--inference_rounds", type=int, default=7)
   parser.add_argument("--skip_torch", action="store_true")
   args = parser.parse_args()
+  if args.cpus:  # Before JAX and PyTorch start their thread pools, which they size to it.
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cpus])
+  import jax
 
   from configs import codec as codec_configs
 
@@ -138,31 +182,52 @@ def main() -> None:
       (args.batch, int(args.seconds * 16000)))).astype(np.float32)
   audio_seconds = args.batch * args.seconds
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
-        f"batch {args.batch} × {args.seconds:g} s, full-size codec and discriminator")
+        f"{len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs, batch {args.batch} × {args.seconds:g} s, full-size codec and discriminator; "
+        f"{load()}")
   ceiling = matmul_ceiling_gflops()
   print(f"float32 matmul ceiling (2048², XLA): {ceiling:,.0f} GFLOP/s")
 
-  results = {}
-  for dtype in ("float32", "bfloat16"):
+  timers, stats = [], {}
+  for dtype in args.dtypes.split(","):
     config = codec_configs.get_config()
     with config.unlocked():
       config.compute_dtype = dtype
-    r = bench_jax(config, audio, args.steps)
-    results[dtype] = r
-    print(f"JAX {dtype}: {r['step_s']:.2f} s/step, {audio_seconds / r['step_s']:.3f} audio-s/s, "
-          f"{r['flops'] / 1e12:.2f} TFLOP/step, {r['flops'] / r['step_s'] / 1e9:,.0f} GFLOP/s "
-          f"({r['flops'] / r['step_s'] / 1e9 / ceiling:.0%} of the matmul ceiling), compile "
-          f"{r['compile_s']:.0f} s, XLA temporaries {r['temp_gb']:.2f} GB")
+    timer, stats[timer.name] = jax_step(config, audio)
+    timers.append(timer)
+    s = stats[timer.name]
+    print(f"{timer.name}: compile {s['compile_s']:.0f} s, {s['flops'] / 1e12:.2f} TFLOP/step, "
+          f"XLA temporaries {s['temp_gb']:.2f} GB; peak process memory {peak_rss_gb():.1f} GB")
   if not args.skip_torch:
-    t = bench_torch(audio, args.steps)
-    jax_rate = audio_seconds / results["float32"]["step_s"]
-    torch_rate = audio_seconds / t["step_s"]
-    print(f"PyTorch ({t['device']}) float32: {t['step_s']:.2f} s/step, {torch_rate:.3f} audio-s/s")
-    print(f"JAX float32 / PyTorch: {jax_rate / torch_rate:.2f}×; JAX bfloat16 / PyTorch: "
-          f"{audio_seconds / results['bfloat16']['step_s'] / torch_rate:.2f}×")
-    jax_rtf, torch_rtf = inference_rtf(10.0)
-    print(f"encode + decode of 10 s: JAX real-time factor {jax_rtf:.3f}, PyTorch {torch_rtf:.3f} "
-          f"({torch_rtf / jax_rtf:.2f}× faster)")
+    import torch
+
+    timers.append(torch_step(audio))
+    print(f"PyTorch: {torch.get_num_threads()} threads; peak process memory {peak_rss_gb():.1f} GB")
+
+  print(f"training steps, {args.rounds} rounds interleaved; before: {load()}")
+  interleave(timers, args.rounds)
+  print(f"after: {load()}")
+  for timer in timers:
+    best, median = min(timer.wall), float(np.median(timer.wall))
+    line = (f"  {timer.name}: best {best:.2f} s/step (median {median:.2f}, CPU "
+            f"{min(timer.cpu):.1f} s), {audio_seconds / best:.3f} audio-s/s")
+    if timer.name in stats and stats[timer.name]["flops"]:
+      gflops = stats[timer.name]["flops"] / best / 1e9
+      line += f", {gflops:,.0f} GFLOP/s ({gflops / ceiling:.0%} of the matmul ceiling)"
+    print(line)
+  if not args.skip_torch:
+    torch_best = min(timers[-1].wall)
+    for timer in timers[:-1]:
+      print(f"  {timer.name} / PyTorch throughput (best times): {torch_best / min(timer.wall):.2f}×")
+
+    jax_timer, torch_timer, first_s = inference_timers(10.0)
+    print(f"encode + decode of 10 s, batch 1, {args.inference_rounds} rounds interleaved "
+          f"(JAX first call {first_s:.1f} s); before: {load()}")
+    interleave([jax_timer, torch_timer], args.inference_rounds)
+    print(f"after: {load()}")
+    for timer in (jax_timer, torch_timer):
+      print(f"  {timer.name}: best {min(timer.wall):.3f} s (median {np.median(timer.wall):.3f}), "
+            f"real-time factor {min(timer.wall) / 10.0:.3f}")
+    print(f"  JAX / PyTorch speed (best times): {min(torch_timer.wall) / min(jax_timer.wall):.2f}×")
   print(f"peak process memory {peak_rss_gb():.1f} GB")
 
 

@@ -9,7 +9,8 @@
 
 Inputs are zero-padded up to a length bucket (1, 1.5, 2, 3, 4, 6, 8, ... seconds) and the
 padding is masked inside the model, so each bucket compiles once and the results equal those of
-the unpadded input.
+the unpadded input. Compiled buckets persist across processes in JAX's compilation cache
+(`use_compilation_cache`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from typing import Any
 
 import jax
@@ -30,6 +32,23 @@ from telugu_jax.models.codec import Codec
 from telugu_jax.models.discriminators import Discriminator
 
 SAMPLE_RATE = 16000
+COMPILATION_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "telugu_jax", "xla")
+
+
+def use_compilation_cache(path: str = COMPILATION_CACHE_DIR) -> str:
+  """Turns on JAX's persistent compilation cache in `path`, unless a directory is already set.
+
+  A directory set before (`JAX_COMPILATION_CACHE_DIR`, or `jax.config`) is kept. Each length
+  bucket then compiles once per machine instead of once per process: a later process reads the
+  compiled program from disk (keyed by the program, JAX's version and the device). Programs that
+  compile faster than `jax_persistent_cache_min_compile_time_secs` (1 s) are not stored.
+
+  Returns:
+    The cache directory in use.
+  """
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", path)
+  return jax.config.jax_compilation_cache_dir
 
 
 def _as_batch(wave: np.ndarray) -> np.ndarray:
@@ -57,6 +76,7 @@ class CodecModel:
 
   def __init__(self, codec_kwargs: dict[str, Any], variables: dict[str, Any],
                bucket_seconds: float = 1.0):
+    use_compilation_cache()
     self.codec_kwargs = dict(codec_kwargs)
     self.model = Codec(**codec_kwargs)
     self.variables = jax.device_put(variables)
@@ -148,6 +168,7 @@ class DiscriminatorModel:
   """A loaded discriminator: `disc(wave)` → (8 logits `[B, -1]`, 8 lists of 6 feature maps)."""
 
   def __init__(self, disc_kwargs: dict[str, Any], params: dict[str, Any]):
+    use_compilation_cache()
     self.model = Discriminator(**disc_kwargs)
     self.params = jax.device_put(params)
     self._apply = jax.jit(self.model.apply)

@@ -19,7 +19,11 @@ LEAKY_SLOPE = 0.1
 
 
 class PeriodDiscriminator(nn.Module):
-  """Folds `[B, T]` into `[B, T/p, p, 1]` and convolves along the first spatial axis."""
+  """Folds `[B, T]` into `[B, T/p, p, 1]` and convolves along the first spatial axis.
+
+  Every kernel is `(k, 1)`: the `p` columns never mix. They are computed folded into the batch
+  (`[B * p, T/p, C]`, 1-D convolutions) and the feature maps unfolded to `[B, T/p, p, C]`.
+  """
 
   period: int
   channels: Sequence[int] = (32, 128, 512, 1024, 1024)
@@ -30,14 +34,21 @@ class PeriodDiscriminator(nn.Module):
     batch, length = x.shape
     if length % self.period:
       x = jnp.pad(x, ((0, 0), (0, self.period - length % self.period)), mode="reflect")
-    x = x.reshape(batch, -1, self.period, 1).astype(self.dtype)
+    x = jnp.swapaxes(x.reshape(batch, -1, self.period), 1, 2)  # [B, p, T/p]
+    x = x.reshape(batch * self.period, -1, 1).astype(self.dtype)
+
+    def unfold(y):  # [B * p, H, C] → [B, H, p, C]
+      return jnp.swapaxes(y.reshape(batch, self.period, *y.shape[1:]), 1, 2)
+
     features = []
     for i, out in enumerate(self.channels):
       stride = (3, 1) if i < len(self.channels) - 1 else (1, 1)
-      x = Conv2d(out, (5, 1), stride, (2, 0), weight_norm=True, name=f"convs_{i}")(x)
+      x = Conv2d(out, (5, 1), stride, (2, 0), weight_norm=True, width_in_batch=True,
+                 name=f"convs_{i}")(x)
       x = nn.leaky_relu(x, LEAKY_SLOPE)
-      features.append(x)
-    x = Conv2d(1, (3, 1), (1, 1), (1, 0), weight_norm=True, name="conv_post")(x)
+      features.append(unfold(x))
+    x = unfold(Conv2d(1, (3, 1), (1, 1), (1, 0), weight_norm=True, width_in_batch=True,
+                      name="conv_post")(x))
     features.append(x)
     return x.reshape(batch, -1), features
 

@@ -2,13 +2,23 @@
 
 Activations are channels-last (`[B, T, C]` for 1-D, `[B, H, W, C]` for 2-D). Convolution weights
 keep PyTorch's layouts and names (`weight` or the weight-norm pair `weight_g`/`weight_v`, and
-`bias`) so that an original state dict maps onto the parameters one to one; XLA reads the kernel
-in that layout directly through the convolution's dimension numbers.
+`bias`) so that an original state dict maps onto the parameters one to one.
+
+How a convolution is computed is chosen per backend (`conv_impl`); every choice computes the same
+function of the same parameters. XLA:CPU's convolutions need the kernel in another layout than
+PyTorch's (a transpose of every large weight, forward and backward), and it computes
+input-dilated convolutions (`ConvTranspose1d`, and the gradients of strided 2-D convolutions)
+slowly (up to 70× slower than a matmul). So on CPU, 1-D convolutions whose weight outweighs their
+im2col columns run as im2col + one matmul against the weight in PyTorch's layout, transposed
+convolutions as a matmul + overlap-add, and 2-D convolutions strided along the width as stride-1
+convolutions of the space-to-depth input. Elsewhere XLA's convolutions run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +29,34 @@ from flax import linen as nn
 TORCH_NORM_EPS = 1e-5
 
 _DIMENSION_NUMBERS = {1: ("NWC", "OIW", "NWC"), 2: ("NHWC", "OIHW", "NHWC")}
+_CONV_IMPLS = ("auto", "xla", "rewrite")
+_conv_impl = "auto"
+
+
+@contextlib.contextmanager
+def conv_impl(name: str):
+  """Selects how convolutions are computed while tracing inside the `with` block.
+
+  `"auto"` (the default): on the CPU backend the rewritten forms where they are faster (see the
+  module docstring), XLA's convolutions elsewhere. `"xla"`: always XLA's convolutions.
+  `"rewrite"`: always the rewritten forms, whatever the sizes. Read when a function is traced: a
+  function jitted before keeps the choice it was traced with.
+  """
+  global _conv_impl
+  if name not in _CONV_IMPLS:
+    raise ValueError(f"conv_impl must be one of {_CONV_IMPLS}, got {name!r}")
+  previous, _conv_impl = _conv_impl, name
+  try:
+    yield
+  finally:
+    _conv_impl = previous
+
+
+def _rewrite(cheaper: bool = True) -> bool:
+  """Whether to use a rewritten form (`cheaper`: whether it is, where that depends on sizes)."""
+  if _conv_impl == "auto":
+    return jax.default_backend() == "cpu" and cheaper
+  return _conv_impl == "rewrite"
 
 
 def weight_norm(g: jax.Array, v: jax.Array) -> jax.Array:
@@ -33,12 +71,113 @@ def _torch_uniform_init(fan_in: int):
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
+def conv_1d_matmul(x: jax.Array, weight: jax.Array, stride: int, padding: tuple[int, int],
+                   dilation: int = 1) -> jax.Array:
+  """`Conv1d` as im2col + one matmul against the weight in PyTorch's `[out, in, k]` layout.
+
+  The taps are stacked innermost (`[N, T, in, k]`), so the weight is read as `[out, in * k]`
+  without a transpose, and its gradient comes out in that layout too.
+  """
+  batch, _, in_features = x.shape
+  out_features, _, kernel = weight.shape
+  x = jnp.pad(x, ((0, 0), tuple(padding), (0, 0)))
+  length = (x.shape[1] - dilation * (kernel - 1) - 1) // stride + 1
+  taps = [x[:, j * dilation:j * dilation + (length - 1) * stride + 1:stride] for j in range(kernel)]
+  cols = jnp.stack(taps, axis=-1).reshape(batch, length, in_features * kernel)
+  return jax.lax.dot_general(cols, weight.reshape(out_features, in_features * kernel),
+                             (((2,), (1,)), ((), ())))
+
+
+def _im2col_size(x: jax.Array, weight: jax.Array, stride: int, padding: tuple[int, int],
+                 dilation: int) -> int:
+  batch, length, in_features = x.shape
+  kernel = weight.shape[-1]
+  out_length = (length + sum(padding) - dilation * (kernel - 1) - 1) // stride + 1
+  return batch * out_length * in_features * kernel
+
+
+def conv_transpose_1d_matmul(x: jax.Array, weight: jax.Array, stride: int,
+                             padding: tuple[int, int]) -> jax.Array:
+  """`ConvTranspose1d` as one matmul and an overlap-add.
+
+  Every input step contributes `x[t] @ weight[:, :, j]` to output step `t * stride + j - lo`;
+  the kernel's taps are grouped into blocks of `stride`, and block `m` of step `t` lands on output
+  block `t + m`.
+
+  Args:
+    x: `[N, L, in]`.
+    weight: `[in, out, k]` (PyTorch's layout).
+    stride: the upsampling factor.
+    padding: `(lo, hi)` samples cropped from each end.
+  Returns:
+    `[N, (L - 1) * stride + k - lo - hi, out]`.
+  """
+  batch, length, in_features = x.shape
+  _, out_features, kernel = weight.shape
+  blocks = -(-kernel // stride)
+  weight = jnp.pad(weight, ((0, 0), (0, 0), (0, blocks * stride - kernel)))
+  z = x @ jnp.transpose(weight, (0, 2, 1)).reshape(in_features, blocks * stride * out_features)
+  z = z.reshape(batch, length, blocks, stride * out_features)
+  y = sum(jnp.pad(z[:, :, m], ((0, 0), (m, blocks - 1 - m), (0, 0))) for m in range(blocks))
+  y = y.reshape(batch, (length + blocks - 1) * stride, out_features)
+  lo, hi = padding
+  return y[:, lo:(length - 1) * stride + kernel - hi]
+
+
+def conv_2d_space_to_depth(x: jax.Array, weight: jax.Array, strides: tuple[int, int],
+                           padding: Sequence[tuple[int, int]]) -> jax.Array:
+  """`Conv2d` with a stride along the width only, as a stride-1 convolution.
+
+  The padded input's width is cut into blocks of `stride` steps moved into the channels, and the
+  kernel's width taps (zero-padded to whole blocks) likewise, so no gradient needs XLA's slow
+  input-dilated convolution.
+
+  Args:
+    x: `[N, H, W, C]`.
+    weight: `[out, in, kh, kw]` (PyTorch's layout).
+    strides: `(1, stride)`.
+    padding: `((top, bottom), (left, right))`.
+  """
+  batch, height, width, in_features = x.shape
+  out_features, _, kh, kw = weight.shape
+  stride = strides[1]
+  (left, right) = padding[1]
+  padded = width + left + right
+  blocks = -(-padded // stride)
+  out_width = (padded - kw) // stride + 1
+  x = jnp.pad(x, ((0, 0), (0, 0), (left, right + blocks * stride - padded), (0, 0)))
+  x = x.reshape(batch, height, blocks, stride * in_features)
+  taps = -(-kw // stride)
+  weight = jnp.pad(weight, ((0, 0), (0, 0), (0, 0), (0, taps * stride - kw)))
+  weight = jnp.transpose(weight.reshape(out_features, in_features, kh, taps, stride),
+                         (0, 4, 1, 2, 3)).reshape(out_features, stride * in_features, kh, taps)
+  y = jax.lax.conv_general_dilated(x, weight, window_strides=(strides[0], 1),
+                                   padding=[padding[0], (0, 0)],
+                                   dimension_numbers=_DIMENSION_NUMBERS[2])
+  return y[:, :, :out_width]
+
+
+def _conv_transpose_xla(x: jax.Array, weight: jax.Array, stride: int,
+                        padding: tuple[int, int]) -> jax.Array:
+  # A transposed convolution is a convolution of the stride-dilated input with the flipped,
+  # in/out-swapped kernel, padded by (k - 1 - p) on both sides.
+  kernel = weight.shape[-1]
+  lo, hi = padding
+  weight = jnp.flip(jnp.swapaxes(weight, 0, 1), axis=2)
+  return jax.lax.conv_general_dilated(
+      x, weight, window_strides=(1,), padding=[(kernel - 1 - lo, kernel - 1 - hi)],
+      lhs_dilation=(stride,), dimension_numbers=_DIMENSION_NUMBERS[1])
+
+
 class _TorchLayoutConv(nn.Module):
   """An N-d convolution whose parameters are PyTorch's, optionally weight-normed.
 
   `transposed=False`: weight `[out, in, *kernel]`, like `ConvNd`.
-  `transposed=True`: weight `[in, out, *kernel]`, like `ConvTransposeNd` (output length
+  `transposed=True` (1-D only): weight `[in, out, k]`, like `ConvTranspose1d` (output length
   `(L - 1) * stride - 2 * padding + kernel`), with weight norm over axis 0, the input channels.
+  `width_in_batch=True` (2-D kernels `(k, 1)` with width stride 1 and no width padding only): `x`
+  is `[N, H, C]` with the width folded into `N`, and the convolution runs as a 1-D one over `H`
+  (XLA:CPU runs these ~1.7× faster than the same `(k, 1)` convolution over `[B, H, W, C]`).
   """
 
   features: int
@@ -48,6 +187,7 @@ class _TorchLayoutConv(nn.Module):
   dilation: Sequence[int]
   use_weight_norm: bool
   transposed: bool = False
+  width_in_batch: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -66,22 +206,30 @@ class _TorchLayoutConv(nn.Module):
     else:
       weight = self.param("weight", init, shape)
     bias = self.param("bias", init, (self.features,))
+    weight = weight.astype(x.dtype)
 
-    ndim = len(kernel)
+    strides, padding, dilation = tuple(self.strides), list(self.padding), tuple(self.dilation)
+    if self.width_in_batch:
+      if kernel[1:] != (1,) or strides[1:] != (1,) or padding[1:] != [(0, 0)]:
+        raise ValueError(f"width_in_batch needs a (k, 1) kernel over the height only, got "
+                         f"kernel {kernel}, strides {strides}, padding {padding}")
+      weight, strides, padding, dilation = weight[..., 0], strides[:1], padding[:1], dilation[:1]
     if self.transposed:
-      # A transposed convolution is a convolution of the stride-dilated input with the flipped,
-      # in/out-swapped kernel, padded by (k - 1 - p) on both sides.
-      weight = jnp.flip(jnp.swapaxes(weight, 0, 1), axis=tuple(range(2, 2 + ndim)))
-      padding = [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel, self.padding)]
-      y = jax.lax.conv_general_dilated(
-          x, weight.astype(x.dtype), window_strides=(1,) * ndim, padding=padding,
-          lhs_dilation=tuple(self.strides), rhs_dilation=tuple(self.dilation),
-          dimension_numbers=_DIMENSION_NUMBERS[ndim])
+      if len(kernel) != 1 or dilation != (1,):
+        raise ValueError("transposed convolutions are 1-D and undilated")
+      transpose = conv_transpose_1d_matmul if _rewrite() else _conv_transpose_xla
+      y = transpose(x, weight, strides[0], padding[0])
+    elif len(strides) == 1 and _rewrite(_im2col_size(x, weight, strides[0], padding[0],
+                                                     dilation[0]) <= weight.size):
+      # im2col writes and reads the columns; XLA's convolution transposes the weight.
+      y = conv_1d_matmul(x, weight, strides[0], padding[0], dilation[0])
+    elif (len(strides) == 2 and strides[0] == 1 and strides[1] > 1 and dilation == (1, 1)
+          and _rewrite()):
+      y = conv_2d_space_to_depth(x, weight, strides, padding)
     else:
       y = jax.lax.conv_general_dilated(
-          x, weight.astype(x.dtype), window_strides=tuple(self.strides),
-          padding=list(self.padding), rhs_dilation=tuple(self.dilation),
-          dimension_numbers=_DIMENSION_NUMBERS[ndim])
+          x, weight, window_strides=strides, padding=padding, rhs_dilation=dilation,
+          dimension_numbers=_DIMENSION_NUMBERS[len(strides)])
     return y + bias.astype(y.dtype)
 
 
@@ -101,10 +249,14 @@ def ConvTranspose1d(features: int, kernel_size: int, stride: int = 1, padding: i
 
 
 def Conv2d(features: int, kernel_size: tuple[int, int], stride: tuple[int, int] = (1, 1),
-           padding: tuple[int, int] = (0, 0), weight_norm: bool = False, name: str | None = None):
-  """`torch.nn.Conv2d` on `[B, H, W, C]`."""
+           padding: tuple[int, int] = (0, 0), weight_norm: bool = False,
+           width_in_batch: bool = False, name: str | None = None):
+  """`torch.nn.Conv2d` on `[B, H, W, C]`.
+
+  `width_in_batch=True`: a `(k, 1)` kernel on `[B * W, H, C]`, the width folded into the batch.
+  """
   return _TorchLayoutConv(features, kernel_size, stride, tuple((p, p) for p in padding), (1, 1),
-                          use_weight_norm=weight_norm, name=name)
+                          use_weight_norm=weight_norm, width_in_batch=width_in_batch, name=name)
 
 
 class CausalConv1d(nn.Module):
@@ -120,13 +272,65 @@ class CausalConv1d(nn.Module):
                   dilation=self.dilation, name="conv")(x)
 
 
+def sin_cos(z: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`(sin(z), cos(z))` of float32 `z`, correctly rounded, in arithmetic that XLA vectorises.
+
+  XLA:CPU computes `jnp.sin` with a scalar library call per element (~4× slower than this, and
+  not always correctly rounded). This reduces `z` by pi/2 in float64 (fdlibm's two-part constant)
+  and evaluates fdlibm's double-precision kernels, then rounds to float32: exact to the last bit
+  for |z| < 2^20, where the reduction is exact.
+  """
+  with jax.enable_x64(True):
+    x = z.astype(jnp.float64)
+    j = jnp.round(x * (2 / np.pi))
+    r = (x - j * 1.57079632673412561417) - j * 6.07710050650619224932e-11  # |r| <= pi / 4
+    r2 = r * r
+    sin_r = r + r * r2 * (-1.66666666666666324348e-01 + r2 * (8.33333333332248946124e-03 + r2 * (
+        -1.98412698298579493134e-04 + r2 * (2.75573137070700676789e-06 + r2 * (
+            -2.50507602534068634195e-08 + r2 * 1.58969099521155010221e-10)))))
+    cos_r = 1 - 0.5 * r2 + r2 * r2 * (4.16666666666666019037e-02 + r2 * (
+        -1.38888888888741095749e-03 + r2 * (2.48015872894767294178e-05 + r2 * (
+            -2.75573143513906633035e-07 + r2 * (2.08757232129817482790e-09
+                                                + r2 * -1.13596475577881948265e-11)))))
+    quadrant = jnp.mod(j, 4)
+    odd, negative = (quadrant == 1) | (quadrant == 3), quadrant >= 2
+    sin = jnp.where(odd, cos_r, sin_r)
+    cos = jnp.where(odd, -sin_r, cos_r)
+    sin, cos = jnp.where(negative, -sin, sin), jnp.where(negative, -cos, cos)
+    return sin.astype(jnp.float32), cos.astype(jnp.float32)
+
+
+@jax.custom_jvp
+def snake(x: jax.Array, alpha: jax.Array) -> jax.Array:
+  """`x + sin(alpha * x)^2 / alpha`, with `sin` from `sin_cos` (computed in float32).
+
+  Differentiated (training), it evaluates XLA's `sin` and `cos` instead: gradients through the
+  discriminators jump where a leaky ReLU's input crosses zero, and such inputs within ~1e-7 of
+  zero occur, so the training forward keeps the values its gradient parity with PyTorch is
+  tested on.
+  """
+  sin, _ = sin_cos((alpha * x).astype(jnp.float32))
+  return x + (1.0 / alpha) * (sin * sin).astype(x.dtype)
+
+
+@snake.defjvp
+def _snake_jvp(primals, tangents):
+  # d/dx = 1 + sin(2 alpha x); d/dalpha = x sin(2 alpha x) / alpha - sin(alpha x)^2 / alpha^2.
+  x, alpha = primals
+  dx, dalpha = tangents
+  sin, cos = jnp.sin(alpha * x), jnp.cos(alpha * x)
+  square, double = sin ** 2, 2 * sin * cos
+  y = x + (1.0 / alpha) * square
+  return y, dx * (1 + double) + dalpha * (x * double / alpha - square / (alpha * alpha))
+
+
 class Snake(nn.Module):
   """`x + sin(alpha * x)^2 / alpha` with a learned per-channel `alpha` (no epsilon)."""
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     alpha = self.param("alpha", nn.initializers.ones, (x.shape[-1],)).astype(x.dtype)
-    return x + (1.0 / alpha) * jnp.sin(alpha * x) ** 2
+    return snake(x, alpha)
 
 
 def group_norm(name: str | None = None, dtype=None) -> nn.GroupNorm:
