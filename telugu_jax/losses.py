@@ -149,7 +149,11 @@ def masked_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Arr
     negative log-likelihood), `correct` (top-1 hits) and `count` (positions counted).
   """
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
-  nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+  # The target's log-probability through a one-hot select rather than a gather: the same values,
+  # and an elementwise gradient in place of a scatter (slow on CPU).
+  classes = jnp.arange(logits.shape[-1])
+  hit = classes == targets[..., None]
+  nll = -jnp.sum(jnp.where(hit, log_probs, 0.0), axis=-1)
   per_position = nll
   if label_smoothing:
     per_position = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(log_probs, -1)
@@ -160,6 +164,10 @@ def masked_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Arr
   if level_weights.shape != (q,):
     raise ValueError(f"level_weights needs {q} entries, got {level_weights.shape[0]}")
   loss = jnp.sum(level_weights * level_loss) / jnp.sum(level_weights)
-  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  # Top-1 hits, `argmax(logits) == targets`: the first class holding the maximum (NaN counting as
+  # the maximum, as in argmax), found by a plain minimum instead of argmax's two-operand reduction.
+  is_max = (logits == jnp.max(logits, axis=-1, keepdims=True)) | jnp.isnan(logits)
+  first_max = jnp.min(jnp.where(is_max, classes, logits.shape[-1]), axis=-1)
+  correct = (first_max == targets).astype(jnp.float32)
   return loss, {"nll": jnp.sum(nll * weights, axis=(0, 2)),
                 "correct": jnp.sum(correct * weights, axis=(0, 2)), "count": count}

@@ -9,12 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import relative_error
+from flax import linen as nn
 
 from configs import s2s as s2s_configs
+from telugu_jax import losses
 from telugu_jax.inference import generation
-from telugu_jax.models.s2s import (MATVEC_SPLITS, S2SConfig, S2STransformer, _dense_dot_general,
-                                   chunk_mask, delay_codes, init_encoder_state, rotary,
-                                   teacher_forcing, undelay)
+from telugu_jax.models.s2s import (MATVEC_SPLITS, Dropout, S2SConfig, S2STransformer,
+                                   _dense_dot_general, chunk_mask, delay_codes, depthwise_conv1d,
+                                   init_encoder_state, keep_mask, rotary, teacher_forcing, undelay)
 
 TOL = 1e-4
 TINY = S2SConfig(hidden_dim=64, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
@@ -267,3 +269,69 @@ def test_single_row_dense_splits_the_contraction():
   hlo = jax.jit(lambda x: _dense_dot_general(x, kernel, (((1,), (0,)), ((), ())))
                 ).lower(jnp.ones((1, 64))).as_text()
   assert f"{MATVEC_SPLITS}x32xf32" in hlo  # the kernel viewed as [splits, K/splits, N]
+
+
+def test_dropout_draws_the_masks_of_flax_dropout():
+  """`keep_mask` (the threefry hash written out) equals `jax.random.bernoulli` bit for bit, and
+  the `Dropout` module equals `nn.Dropout` inside a model, new-style and raw keys alike."""
+  for key in (jax.random.key(3), jax.random.PRNGKey(4)):
+    for shape in [(7,), (2, 3, 5), (4, 8, 20, 20)]:
+      np.testing.assert_array_equal(jax.jit(keep_mask, static_argnums=(1, 2))(key, 0.9, shape),
+                                    jax.random.bernoulli(key, 0.9, shape))
+
+  class Block(nn.Module):
+    dropout: type
+
+    @nn.compact
+    def __call__(self, x):
+      x = self.dropout(0.3)(nn.Dense(16)(x), deterministic=False)
+      return self.dropout(0.1)(x, deterministic=False)
+
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 5, 16)), jnp.float32)
+  variables = Block(nn.Dropout).init(jax.random.key(0), x)
+  for key in (jax.random.key(1), jax.random.PRNGKey(2)):
+    expected = Block(nn.Dropout).apply(variables, x, rngs={"dropout": key})
+    got = Block(Dropout).apply(variables, x, rngs={"dropout": key})
+    np.testing.assert_array_equal(got, expected)
+  assert Dropout(0.5).apply({}, x, deterministic=True) is x
+
+
+@pytest.mark.parametrize("padding", [(6, 0), (3, 3), (0, 0)])
+def test_depthwise_conv_gradient_equals_automatic_differentiation(padding):
+  """The written-out gradient of `depthwise_conv1d` (causal, centred, unpadded) equals that of
+  the plain sum of shifted products."""
+  rng = np.random.default_rng(1)
+  x, kernel, bias, weights = (jnp.asarray(rng.normal(size=s), jnp.float32)
+                              for s in [(2, 11, 5), (7, 5), (5,), (2, 11 + sum(padding) - 6, 5)])
+
+  def plain(x, kernel, bias):
+    padded = jnp.pad(x, ((0, 0), padding, (0, 0)))
+    return sum(padded[:, i:i + weights.shape[1]] * kernel[i] for i in range(7)) + bias
+
+  loss = lambda f: lambda *args: jnp.sum(jnp.tanh(f(*args)) * weights)
+  fast = lambda x, kernel, bias: depthwise_conv1d(x, kernel, bias, padding)
+  np.testing.assert_array_equal(fast(x, kernel, bias), plain(x, kernel, bias))
+  for got, expected in zip(jax.grad(loss(fast), argnums=(0, 1, 2))(x, kernel, bias),
+                           jax.grad(loss(plain), argnums=(0, 1, 2))(x, kernel, bias)):
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_masked_cross_entropy_picks_like_gather_and_argmax():
+  """The one-hot target pick and the first-maximum hit count equal `take_along_axis` and
+  `argmax`, with ties, all-equal rows and NaN."""
+  rng = np.random.default_rng(2)
+  logits = np.round(rng.normal(size=(2, 3, 6, 9)) * 2).astype(np.float32)  # many ties
+  logits[0, 0, 0] = 0.0
+  logits[1, 2, 1, [2, 5]] = np.nan
+  targets = rng.integers(0, 9, (2, 3, 6)).astype(np.int32)
+  targets[0, 0, :3] = np.argmax(logits[0, 0, :3], -1)
+  targets[1, 2, 1] = 2
+  weights = (rng.random((2, 3, 6)) > 0.2).astype(np.float32)
+  _, sums = losses.masked_cross_entropy(jnp.asarray(logits), jnp.asarray(targets),
+                                        jnp.asarray(weights))
+  log_probs = jax.nn.log_softmax(jnp.asarray(logits))
+  nll = -jnp.take_along_axis(log_probs, jnp.asarray(targets)[..., None], -1)[..., 0]
+  correct = (jnp.argmax(jnp.asarray(logits), -1) == targets).astype(np.float32)
+  np.testing.assert_array_equal(sums["nll"], jnp.sum(nll * weights, axis=(0, 2)))
+  np.testing.assert_array_equal(sums["correct"], jnp.sum(correct * weights, axis=(0, 2)))
+  assert float(jnp.sum(sums["correct"])) > 0

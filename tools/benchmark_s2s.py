@@ -16,8 +16,12 @@ converted to both variants; for timing, the fixed variant's end-of-speech class 
   call), nucleus sampling at the original's settings, with the decoder bytes read per second; and the
   original's per-frame PyTorch loop
   (`S2STransformer.generate` of the reference, `torch.cat` KV cache) with 1 and 2 threads.
-- Training: one step (forward, backward, AdamW) at batch 4 x (200 input, 200 target frames),
-  dropout on, for the JAX original and fixed variants and the PyTorch reference.
+- Training: the trainer's step (`telugu_jax.train.s2s.make_train_step`, jitted with the state
+  donated: forward, masked cross-entropy, backward, clipping, AdamW) at batch 4 x (200 input,
+  200 target frames), dropout 0.1, for the original variant (`configs/s2s.py:original`) and the
+  fixed one (`configs/s2s.py:pretrain`, delay pattern on), both from the converted weights,
+  beside the PyTorch reference's step (2 threads); with the FLOP/s of each JAX step (XLA's cost
+  analysis of the compiled step) against a float32 matmul's.
 - Long context: a 60 s input (12,000 frames) encoded by the streaming encoder and a KV cache for
   12,000 frames: KV-cache bytes, frames/s, and that the decoding call compiles once.
 
@@ -28,7 +32,7 @@ is printed before and after.
 from __future__ import annotations
 
 import argparse
-import functools
+import dataclasses
 import os
 import pathlib
 import re
@@ -38,18 +42,22 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from configs import s2s as s2s_configs  # noqa: E402
 from telugu_jax.convert.s2s import convert_s2s_state_dict  # noqa: E402
 from telugu_jax.inference import generation  # noqa: E402
-from telugu_jax.models.s2s import S2SConfig, S2STransformer, teacher_forcing  # noqa: E402
+from telugu_jax.models.s2s import S2SConfig, S2STransformer  # noqa: E402
+from telugu_jax.train import s2s as trainer  # noqa: E402
 
 NOMINAL_BANDWIDTH = 25e9  # bytes/s, the figure the generation target was sized with
 ORIGINAL_SAMPLING = dict(temperature=0.8, top_k=0, top_p=0.95)
+TRAIN_BATCH, TRAIN_FRAMES = 4, 200
+# The `configs/s2s.py` variant each model variant trains with (the fixed one: stage 1, full size).
+TRAIN_CONFIGS = {"original": "original", "fixed": "pretrain"}
 
 
 def best_time(fn, repeats: int) -> float:
@@ -162,44 +170,56 @@ def torch_generation(model, inputs: np.ndarray, frames: int, repeats: int) -> No
           f"{frames / seconds:6.1f} frames/s", flush=True)
 
 
-def jax_training(config: S2SConfig, variables, batch, repeats: int) -> float:
-  model = S2STransformer(config)
-  tx = optax.adamw(1e-4, weight_decay=0.01)
-  inputs, targets, speaker, emotion = (jnp.asarray(a) for a in batch)
+def matmul_ceiling(repeats: int, n: int = 2048) -> float:
+  """FLOP/s of a jitted float32 `[n, n] x [n, n]` matmul: what XLA's dot reaches on this CPU."""
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  return 2 * n**3 / best_time(lambda: matmul(a, a).block_until_ready(), repeats)
 
-  @functools.partial(jax.jit, donate_argnums=0)
-  def train_step(state, rng):
-    def loss_fn(params):
-      tf = teacher_forcing(config, targets)
-      logits, updates = model.apply(
-          {"params": params, "batch_stats": state["batch_stats"]}, inputs, tf.decoder_input,
-          speaker, emotion, deterministic=False, rngs={"dropout": rng}, mutable=["batch_stats"])
-      nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), tf.targets[..., None], -1)[..., 0]
-      return jnp.sum(nll * tf.weights) / jnp.sum(tf.weights), updates["batch_stats"]
 
-    (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    return {"params": params, "batch_stats": batch_stats, "opt": opt, "step": state["step"] + 1}
+def training_batch(rng: np.random.Generator, batch: int, frames: int) -> dict[str, np.ndarray]:
+  """A trainer batch of random codes: `batch` pairs of `frames` question and answer frames."""
+  codes = lambda: rng.integers(0, 1024, (batch, 8, frames)).astype(np.int32)
+  lengths = np.full((batch,), frames, np.int32)
+  return {"question": codes(), "question_lengths": lengths, "answer": codes(),
+          "answer_lengths": lengths, "speaker": rng.integers(0, 4, batch).astype(np.int32),
+          "emotion": rng.integers(0, 9, batch).astype(np.int32)}
 
-  state = {**jax.tree.map(jnp.copy, variables), "step": jnp.int32(0)}  # donated below
-  state["opt"] = tx.init(state["params"])
-  rng = jax.random.PRNGKey(0)
+
+def jax_training(config_name: str, model_config: S2SConfig, variables, batch: dict):
+  """The trainer's step (`configs/s2s.py:config_name`) on the converted weights.
+
+  Returns `(step, flops)`: a function running one step on the held state (jitted with the state
+  donated, compiled here) and the FLOPs of the compiled step (XLA's cost analysis).
+  """
+  config = s2s_configs.get_config(config_name)
+  wanted = trainer.model_config(config)
+  if dataclasses.replace(model_config, delays=wanted.delays, dropout=wanted.dropout) != wanted:
+    raise ValueError(f"configs/s2s.py:{config_name} does not match the converted weights")
+  params = jax.tree.map(jnp.array, variables["params"])  # copies: the step donates its state
+  state = {"params": params, "batch_stats": jax.tree.map(jnp.array, variables["batch_stats"]),
+           "opt": trainer.make_optimizer(config, params).init(params),
+           "step": jnp.zeros((), jnp.int32)}
+  batch = jax.device_put(batch)
+  compiled = jax.jit(trainer.make_train_step(config, params), donate_argnums=0).lower(
+      state, batch).compile()
   holder = {"state": state}
 
   def step():
-    holder["state"] = train_step(holder["state"], jax.random.fold_in(rng, holder["state"]["step"]))
-    jax.block_until_ready(holder["state"]["params"])
+    holder["state"], metrics = compiled(holder["state"], batch)
+    jax.block_until_ready((holder["state"], metrics))
 
-  return best_time(step, repeats)
+  return step, compiled.cost_analysis()["flops"]
 
 
-def torch_training(model, batch, repeats: int) -> None:
+def torch_training_step(model, batch: dict):
+  """One step of the PyTorch reference (original variant): forward, cross-entropy, AdamW."""
   import torch
 
   model.train()
   optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-  inputs, targets, speaker, emotion = (torch.as_tensor(a) for a in batch)
+  inputs, targets, speaker, emotion = (torch.as_tensor(batch[k]).long() for k in (
+      "question", "answer", "speaker", "emotion"))
 
   def step():
     logits, _ = model(inputs, targets, speaker, emotion)
@@ -208,11 +228,47 @@ def torch_training(model, batch, repeats: int) -> None:
     loss.backward()
     optimizer.step()
 
-  for threads in (1, 2):
-    torch.set_num_threads(threads)
-    print(f"  PyTorch reference (original), {threads} thread(s): "
-          f"{best_time(step, repeats) * 1e3:7.0f} ms/step", flush=True)
-  model.eval()
+  return step
+
+
+def training(variants, torch_model, repeats: int) -> None:
+  """Times the training steps round-robin (one step of each per round, best of `repeats` rounds
+  after a warm-up round), so that a change of load affects them alike."""
+  import torch
+
+  batch = training_batch(np.random.default_rng(1), TRAIN_BATCH, TRAIN_FRAMES)
+  ceiling = matmul_ceiling(repeats)
+  print(f"training step (the trainer's jitted `train_step`, state donated), batch {TRAIN_BATCH} x "
+        f"({TRAIN_FRAMES} input, {TRAIN_FRAMES} target frames), dropout 0.1; float32 matmul "
+        f"ceiling (jitted 2048 x 2048 x 2048): {ceiling / 1e9:.0f} GFLOP/s", flush=True)
+  steps, flops = {}, {}
+  for variant, config_name in TRAIN_CONFIGS.items():
+    name = f"JAX {variant}"
+    steps[name], flops[name] = jax_training(config_name, *variants[variant], batch)
+  if torch_model is not None:
+    torch.set_num_threads(2)
+    steps["PyTorch original, 2 threads"] = torch_training_step(torch_model, batch)
+  times = {name: [] for name in steps}
+  for _ in range(repeats + 1):
+    for name, step in steps.items():
+      start = time.perf_counter()
+      step()
+      times[name].append(time.perf_counter() - start)
+  best = {name: min(t[1:]) for name, t in times.items()}
+  for name, seconds in best.items():
+    line = (f"  {name:28s} {seconds * 1e3:6.0f} ms/step (median "
+            f"{np.median(times[name][1:]) * 1e3:.0f})")
+    if name in flops:
+      rate = flops[name] / seconds
+      line += (f", {flops[name] / 1e9:.0f} GFLOP/step at {rate / 1e9:.1f} GFLOP/s = "
+               f"{rate / ceiling:.0%} of the ceiling")
+    print(line, flush=True)
+  if torch_model is not None:
+    torch_model.eval()
+    print(f"  JAX original throughput / PyTorch: "
+          f"{best['PyTorch original, 2 threads'] / best['JAX original']:.2f}x", flush=True)
+  print(f"  JAX fixed step / JAX original step: {best['JAX fixed'] / best['JAX original']:.2f}x",
+        flush=True)
 
 
 def long_context(config: S2SConfig, variables, frames: int) -> None:
@@ -288,15 +344,7 @@ def main() -> None:
     torch_generation(torch_model, inputs, args.frames, args.repeats)
 
   if not args.skip_training:
-    print("training step, batch 4 x (200 input, 200 target frames), dropout on, AdamW:")
-    batch = (rng.integers(0, 1024, (4, 8, 200)), rng.integers(0, 1024, (4, 8, 200)),
-             rng.integers(0, 4, 4), rng.integers(0, 9, 4))
-    for variant in ("original", "fixed"):
-      config, variables = variants[variant]
-      seconds = jax_training(config, variables, batch, args.repeats)
-      print(f"  JAX {variant:8s}: {seconds * 1e3:7.0f} ms/step", flush=True)
-    if not args.skip_torch:
-      torch_training(torch_model, batch, args.repeats)
+    training(variants, None if args.skip_torch else torch_model, args.repeats)
 
   if not args.skip_long_context:
     print("long context (fixed variant, float32 weights):")

@@ -27,6 +27,8 @@ keep explicit key/value caches (`S2STransformer.init_cache`, `init_encoder_state
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -297,6 +299,60 @@ def _gelu(x: jax.Array) -> jax.Array:
   return nn.gelu(x, approximate=False)
 
 
+def _threefry2x32(k1: jax.Array, k2: jax.Array, x1: jax.Array, x2: jax.Array
+                  ) -> tuple[jax.Array, jax.Array]:
+  """The Threefry-2x32 hash (20 rounds) of the counters `(x1, x2)` under the key `(k1, k2)`."""
+  rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
+  ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))
+  x1, x2 = x1 + ks[0], x2 + ks[1]
+  for i in range(5):
+    for r in rotations[i % 2]:
+      x1 = x1 + x2
+      x2 = ((x2 << np.uint32(r)) | (x2 >> np.uint32(32 - r))) ^ x1
+    x1 = x1 + ks[(i + 1) % 3]
+    x2 = x2 + ks[(i + 2) % 3] + np.uint32(i + 1)
+  return x1, x2
+
+
+def keep_mask(rng: jax.Array, keep_prob: float, shape: tuple[int, ...]) -> jax.Array:
+  """`jax.random.bernoulli(rng, keep_prob, shape)`, the same values, in one fused pass.
+
+  For threefry keys (JAX's default, with its default partitionable bit layout) the hash is written
+  out here: JAX's CPU lowering runs its rounds in a loop, a pass over memory per four rounds that
+  cannot fuse with the mask's consumer. Other keys go to `jax.random.bernoulli`.
+  """
+  size = math.prod(shape)
+  if (str(jax.random.key_impl(rng)) != "threefry2x32" or not jax.config.jax_threefry_partitionable
+      or size >= 2**32):
+    return jax.random.bernoulli(rng, keep_prob, shape)
+  key = jax.random.key_data(rng)
+  counts = jax.lax.iota(np.uint32, size).reshape(shape)  # the low words; the high words are 0
+  bits1, bits2 = _threefry2x32(key[0], key[1], jnp.zeros_like(counts), counts)
+  # `jax.random.uniform`: 23 random mantissa bits under the exponent of 1.0, minus 1.
+  floats = jax.lax.bitcast_convert_type(
+      ((bits1 ^ bits2) >> np.uint32(9)) | np.uint32(0x3F800000), jnp.float32) - 1.0
+  return floats < keep_prob
+
+
+class Dropout(nn.Module):
+  """`nn.Dropout`: the same random stream and masks (`make_rng("dropout")` in the module's
+  scope), drawn by `keep_mask`."""
+
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    if self.rate == 0.0 or deterministic:
+      return x
+    if self.rate == 1.0:
+      return jnp.zeros_like(x)
+    keep = 1.0 - self.rate
+    # The barrier makes XLA store the mask once (a byte per element) rather than recompute the
+    # hash in each fusion that reads it, in the backward pass included.
+    mask = jax.lax.optimization_barrier(keep_mask(self.make_rng("dropout"), keep, x.shape))
+    return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
+
+
 class BatchNorm1d(nn.Module):
   """PyTorch's `BatchNorm1d` over the channels of `[B, T, C]`.
 
@@ -330,6 +386,49 @@ class BatchNorm1d(nn.Module):
     return (x - mean) * jax.lax.rsqrt(var + TORCH_NORM_EPS) * scale + bias
 
 
+def _shifted_products(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`sum_i x[:, i:i + t] * kernel[i]` over the K rows of `kernel [K, C]`, `t = T - K + 1`."""
+  t = x.shape[1] - kernel.shape[0] + 1
+  return sum(x[:, i:i + t] * kernel[i] for i in range(kernel.shape[0]))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def depthwise_conv1d(x: jax.Array, kernel: jax.Array, bias: jax.Array,
+                     padding: tuple[int, int]) -> jax.Array:
+  """Depthwise convolution of `x [B, T, C]` with `kernel [K, C]` and `bias [C]` after
+  `(left, right)` zero padding, as a sum of K shifted products: XLA fuses it into one loop (its
+  grouped convolution with one channel per group is far slower on CPU, forward and backward).
+
+  The gradient is written out: differentiated automatically, XLA stores the K shifted copies of
+  the input for the kernel gradient and recomputes the incoming gradient in each of K reductions.
+  """
+  return _shifted_products(jnp.pad(x, ((0, 0), padding, (0, 0))), kernel) + bias
+
+
+def _depthwise_conv1d_fwd(x, kernel, bias, padding):
+  return depthwise_conv1d(x, kernel, bias, padding), (x, kernel)
+
+
+def _depthwise_conv1d_bwd(padding, residuals, g):
+  x, kernel = residuals
+  k = kernel.shape[0]
+  left, right = padding
+  # The input gradient: the transposed convolution, i.e. the flipped kernel over the output
+  # gradient, padded so that it covers exactly the unpadded input frames.
+  dx = _shifted_products(jnp.pad(g, ((0, 0), (k - 1 - left, k - 1 - right), (0, 0))), kernel[::-1])
+  padded = jnp.pad(x, ((0, 0), padding, (0, 0)))
+
+  def tap(i, dk):  # dk[i] = sum over batch and time of padded[:, t + i] * g[:, t]
+    window = jax.lax.dynamic_slice_in_dim(padded, i, g.shape[1], axis=1)
+    return dk.at[i].set(jnp.sum(window * g, axis=(0, 1)).astype(dk.dtype))
+
+  dk = jax.lax.fori_loop(0, k, tap, jnp.zeros_like(kernel))
+  return dx.astype(x.dtype), dk, jnp.sum(g, axis=(0, 1)).astype(kernel.dtype)
+
+
+depthwise_conv1d.defvjp(_depthwise_conv1d_fwd, _depthwise_conv1d_bwd)
+
+
 class DepthwiseConv1d(nn.Module):
   """`Conv1d(C, C, K, groups=C)` on `[B, T, C]` with explicit `(left, right)` zero padding.
 
@@ -343,11 +442,7 @@ class DepthwiseConv1d(nn.Module):
     c, k = x.shape[-1], self.kernel_size
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, 1, c))
     bias = self.param("bias", nn.initializers.zeros, (c,))
-    x = jnp.pad(x, ((0, 0), padding, (0, 0)))
-    t = x.shape[1] - k + 1
-    # A sum of K shifted products: XLA fuses it into one loop (its grouped convolution with one
-    # channel per group is far slower on CPU, forward and backward).
-    return sum(x[:, i:i + t] * kernel[i, 0] for i in range(k)) + bias
+    return depthwise_conv1d(x, kernel[:, 0], bias, padding)
 
 
 class QKVProjection(nn.Module):
@@ -380,7 +475,7 @@ class Attention(nn.Module):
   def setup(self):
     self.qkv = QKVProjection(self.config.num_heads)
     self.out = _dense(self.config.hidden_dim)
-    self.attn_dropout = nn.Dropout(self.config.dropout)
+    self.attn_dropout = Dropout(self.config.dropout)
 
   def _rotate(self, x: jax.Array, positions: jax.Array) -> jax.Array:
     if self.config.is_original:  # defect 1: the original never applies its rotary frequencies
@@ -445,9 +540,9 @@ class FeedForward(nn.Module):
       x = _layer_norm("norm")(x)
     x = _dense(self.config.ffn_dim, "fc1")(x)
     x = nn.silu(x) if self.activation == "silu" else _gelu(x)
-    x = nn.Dropout(self.config.dropout)(x, deterministic=deterministic)
+    x = Dropout(self.config.dropout)(x, deterministic=deterministic)
     x = _dense(self.config.hidden_dim, "fc2")(x)
-    return nn.Dropout(self.config.dropout)(x, deterministic=deterministic)
+    return Dropout(self.config.dropout)(x, deterministic=deterministic)
 
 
 class ConvModule(nn.Module):
@@ -467,7 +562,7 @@ class ConvModule(nn.Module):
     self.depthwise_conv = DepthwiseConv1d(c.conv_kernel_size)
     self.norm = BatchNorm1d()
     self.pointwise_conv2 = _dense(c.hidden_dim)
-    self.dropout = nn.Dropout(c.dropout)
+    self.dropout = Dropout(c.dropout)
 
   def _gated(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.split(self.pointwise_conv1(self.layer_norm(x)), 2, axis=-1)
@@ -605,7 +700,7 @@ class StyleEmbedding(nn.Module):
                              nn.Embed(c.num_speakers, c.hidden_dim, name="speaker_embed")(speaker)],
                             axis=-1)
     style = _gelu(_layer_norm("mix_norm")(_dense(c.hidden_dim, "mix")(style)))
-    return nn.Dropout(c.dropout)(style, deterministic=deterministic)  # [B, D]
+    return Dropout(c.dropout)(style, deterministic=deterministic)  # [B, D]
 
 
 class S2STransformer(nn.Module):
