@@ -195,7 +195,10 @@ class TrainingCheckpoints:
     ])
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(create=True, preservation_policy=policy),
+        # The workdir lock makes this process the only writer: a temporary folder left by a
+        # killed or failed save is garbage.
+        options=ocp.CheckpointManagerOptions(create=True, preservation_policy=policy,
+                                             cleanup_tmp_directories=True),
         item_names=(STATE, META, DATA),
     )
 

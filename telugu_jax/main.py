@@ -9,6 +9,7 @@ detected; else pass `--coordinator_address`, `--num_processes` and `--process_id
 
 import errno
 import importlib.util
+import logging as logging_lib
 import os
 import sys
 
@@ -60,6 +61,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
+_DISK_FULL_TEXTS = ("No space left on device", "File too large", "Disk quota exceeded")
+
+
 def _disk_full(error: BaseException) -> str | None:
   """The first line of a "no space" / "file too large" error in `error`'s chain, if any."""
   seen = set()
@@ -67,10 +71,39 @@ def _disk_full(error: BaseException) -> str | None:
     seen.add(id(error))
     text = str(error)
     if (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-        or "No space left on device" in text or "File too large" in text):
+        or any(t in text for t in _DISK_FULL_TEXTS)):
       return text.splitlines()[0] if text else type(error).__name__
     error = error.__cause__ or error.__context__
   return None
+
+
+def _is_save_aftermath(error: BaseException | None) -> bool:
+  """A failed background checkpoint write's echo: the full disk itself, or Orbax's event loop
+  closed under TensorStore callbacks still pending (the save is abandoned; the error that
+  matters reaches the main thread and is reported there in one line)."""
+  return error is not None and (_disk_full(error) is not None
+                                or str(error) == "Event loop is closed")
+
+
+class _DropSaveAftermath(logging_lib.Filter):
+  """Drops the log records (with their tracebacks) that Orbax's background save threads write
+  when a write fails for lack of space: each thread logs the same error, hundreds of lines."""
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    message = record.getMessage()
+    return not (_is_save_aftermath(error) or any(t in message for t in _DISK_FULL_TEXTS))
+
+
+def _quiet_save_aftermath() -> None:
+  logging.get_absl_handler().addFilter(_DropSaveAftermath())
+  hook = sys.unraisablehook  # What TensorStore's callbacks print their exceptions through.
+
+  def unraisablehook(unraisable):
+    if not _is_save_aftermath(unraisable.exc_value):
+      hook(unraisable)
+
+  sys.unraisablehook = unraisablehook
 
 
 def main(argv):
@@ -80,6 +113,7 @@ def main(argv):
   from telugu_jax.train import loop
 
   logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO.
+  _quiet_save_aftermath()
   if FLAGS.distributed:
     # CPU-only multi-process runs need a collectives implementation (GPUs and TPUs bring theirs).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -98,18 +132,18 @@ def main(argv):
     if jax.process_index() == 0:
       lock.acquire()
     trainer.train_and_evaluate(config, FLAGS.workdir)
-  except (loop.WorkdirInUseError, FloatingPointError, FileNotFoundError, ValueError) as e:
-    # Errors about the user's input and run (bad configs, data, checkpoints): their message
-    # names the problem; a traceback would only bury it.
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  except Exception as e:  # A full disk surfaces from Orbax, TensorStore or plain writes.
-    reason = _disk_full(e)
-    if reason is None:
-      raise
-    print(f"error: out of disk space writing under {os.path.abspath(FLAGS.workdir)} ({reason}); "
-          "the checkpoints written before are intact", file=sys.stderr)
-    sys.exit(1)
+  except Exception as e:
+    reason = _disk_full(e)  # It surfaces from Orbax, TensorStore or plain writes, as any type.
+    if reason is not None:
+      print(f"error: out of disk space writing under {os.path.abspath(FLAGS.workdir)} "
+            f"({reason}); the checkpoints written before are intact", file=sys.stderr)
+      sys.exit(1)
+    if isinstance(e, (loop.WorkdirInUseError, FloatingPointError, FileNotFoundError, ValueError)):
+      # Errors about the user's input and run (bad configs, data, checkpoints): their message
+      # names the problem; a traceback would only bury it.
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+    raise
   finally:
     lock.release()
 
