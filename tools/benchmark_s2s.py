@@ -301,12 +301,32 @@ def long_context(config: S2SConfig, variables, frames: int) -> None:
         flush=True)
 
 
+def generation_benchmarks(variants, torch_model, inputs: np.ndarray, args) -> None:
+  bandwidth = read_bandwidth(args.repeats)
+  params = variants["fixed"][1]["params"]
+  print(f"memory read bandwidth (jitted sum over 512 MB): {bandwidth / 1e9:.1f} GB/s", flush=True)
+  for dtype in (jnp.float32, jnp.bfloat16):
+    nbytes = decoder_bytes_per_frame(params) * jnp.dtype(dtype).itemsize // 4
+    seconds = matvec_floor(params, dtype, args.repeats)
+    print(f"decoder weights alone, {jnp.dtype(dtype).name}: {nbytes / 1e6:.0f} MB per frame in "
+          f"{seconds * 1e3:.2f} ms = {nbytes / seconds / 1e9:.1f} GB/s, at most "
+          f"{1 / seconds:.0f} frames/s", flush=True)
+  print(f"generation, batch 1, {args.context} input frames, up to {args.frames} frames, float32:")
+  for variant in ("fixed", "original"):
+    config, variables = variants[variant]
+    jax_generation(config, variables, jnp.asarray(inputs), args.frames, args.repeats, variant,
+                   bandwidth)
+  if not args.skip_torch:
+    torch_generation(torch_model, inputs, args.frames, args.repeats)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--frames", type=int, default=400, help="frames to generate")
   parser.add_argument("--context", type=int, default=200, help="input frames")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument("--skip_generation", action="store_true")
   parser.add_argument("--skip_training", action="store_true")
   parser.add_argument("--skip_long_context", action="store_true")
   args = parser.parse_args()
@@ -326,22 +346,8 @@ def main() -> None:
   rng = np.random.default_rng(0)
   inputs = rng.integers(0, 1024, (1, 8, args.context))
 
-  bandwidth = read_bandwidth(args.repeats)
-  params = variants["fixed"][1]["params"]
-  print(f"memory read bandwidth (jitted sum over 512 MB): {bandwidth / 1e9:.1f} GB/s", flush=True)
-  for dtype in (jnp.float32, jnp.bfloat16):
-    nbytes = decoder_bytes_per_frame(params) * jnp.dtype(dtype).itemsize // 4
-    seconds = matvec_floor(params, dtype, args.repeats)
-    print(f"decoder weights alone, {jnp.dtype(dtype).name}: {nbytes / 1e6:.0f} MB per frame in "
-          f"{seconds * 1e3:.2f} ms = {nbytes / seconds / 1e9:.1f} GB/s, at most "
-          f"{1 / seconds:.0f} frames/s", flush=True)
-  print(f"generation, batch 1, {args.context} input frames, up to {args.frames} frames, float32:")
-  for variant in ("fixed", "original"):
-    config, variables = variants[variant]
-    jax_generation(config, variables, jnp.asarray(inputs), args.frames, args.repeats, variant,
-                   bandwidth)
-  if not args.skip_torch:
-    torch_generation(torch_model, inputs, args.frames, args.repeats)
+  if not args.skip_generation:
+    generation_benchmarks(variants, torch_model, inputs, args)
 
   if not args.skip_training:
     training(variants, None if args.skip_torch else torch_model, args.repeats)
