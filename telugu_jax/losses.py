@@ -53,21 +53,27 @@ def l1(x: jax.Array, y: jax.Array) -> jax.Array:
   return jnp.mean(jnp.abs(x - y))
 
 
-def vq_loss(residuals: jax.Array, codewords: jax.Array) -> jax.Array:
+def vq_loss(residuals: jax.Array, codewords: jax.Array,
+            level_mask: jax.Array | None = None) -> jax.Array:
   """The original's residual-VQ loss, averaged over levels.
 
   Per level: `mse(codeword, sg(residual)) + 0.25 * mse(residual, sg(codeword))`: the first term
   pulls the codebook rows, the second commits the encoder.
 
   Args:
-    residuals: `[n_q, ..., D]` each level's input (`ResidualVQ` output "residuals").
-    codewords: `[n_q, ..., D]` the codebook rows it chose ("codewords").
+    residuals: `[n_q, B, ..., D]` each level's input (`ResidualVQ` output "residuals").
+    codewords: `[n_q, B, ..., D]` the codebook rows it chose ("codewords").
+    level_mask: optional `[n_q, B]` (quantizer dropout): dropped (level, example) pairs add zero
+      to the mean, as in DAC; None: the original.
   """
   sg = jax.lax.stop_gradient
   axes = tuple(range(1, residuals.ndim))
-  codebook = jnp.mean((codewords - sg(residuals)) ** 2, axis=axes)
-  commitment = jnp.mean((residuals - sg(codewords)) ** 2, axis=axes)
-  return jnp.mean(codebook + VQ_COMMITMENT * commitment)
+  codebook = (codewords - sg(residuals)) ** 2
+  commitment = (residuals - sg(codewords)) ** 2
+  if level_mask is not None:
+    keep = level_mask.reshape(level_mask.shape + (1,) * (residuals.ndim - 2))
+    codebook, commitment = codebook * keep, commitment * keep
+  return jnp.mean(jnp.mean(codebook, axis=axes) + VQ_COMMITMENT * jnp.mean(commitment, axis=axes))
 
 
 @functools.lru_cache(maxsize=None)
@@ -119,7 +125,7 @@ def generator_losses(audio: jax.Array, codec_out: dict, real: tuple, fake: tuple
       "adversarial": generator_adversarial(fake[0]),
       "feature_matching": feature_matching(real[1], fake[1]),
       "l1": l1(codec_out["audio"], audio),
-      "vq": vq_loss(codec_out["residuals"], codec_out["codewords"]),
+      "vq": vq_loss(codec_out["residuals"], codec_out["codewords"], codec_out.get("level_mask")),
   }
   if weights.get("mel", 0.0):
     terms["mel"] = multiscale_mel(codec_out["audio"], audio)

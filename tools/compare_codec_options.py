@@ -42,7 +42,13 @@ def configure(steps: int, overrides: dict):
   from configs import codec as codec_configs
 
   config = codec_configs.get_config("demo")
+  original = codec_configs.get_config()
   with config.unlocked():
+    # The demo's sizes with the original recipe (the demo variant itself uses the improved one).
+    for name in ("loss_weights", "vq", "optimizer"):
+      config[name] = original[name]
+    config.codec.straight_through = original.codec.straight_through
+    config.num_epochs = 25
     config.total_steps = steps
     config.eval_every = steps
     config.checkpoint_every = steps

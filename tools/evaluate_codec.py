@@ -125,7 +125,8 @@ def find_clips(spec: str) -> tuple[list[Clip], list[dict[str, str]]]:
 
 
 def frame_rate(codec) -> float:
-  """Code frames per second: the sample rate over the encoder's total stride (200 Hz)."""
+  """Code frames per second: the sample rate over the encoder's total stride (original: 200 Hz;
+  `configs/codec.py:lowrate`: 50 Hz)."""
   return codec.sample_rate / math.prod(codec.model.strides)
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from telugu_jax import checkpoints
 from telugu_jax.data.audio import bucket_length
+from telugu_jax.inference import streaming
 from telugu_jax.models import codec as codec_lib
 from telugu_jax.models.codec import Codec
 from telugu_jax.models.discriminators import Discriminator
@@ -90,10 +91,26 @@ class CodecModel:
     self._decode = jax.jit(functools.partial(self.model.apply, method=Codec.decode))
 
   def num_frames(self, num_samples: int) -> int:
-    return codec_lib.num_frames(num_samples, self._strides)
+    return codec_lib.num_frames(num_samples, self._strides, self.model.causal)
 
   def num_samples(self, num_frames: int) -> int:
-    return codec_lib.num_samples(num_frames, self._strides)
+    return codec_lib.num_samples(num_frames, self._strides, self.model.causal)
+
+  def stream_encoder(self, **kwargs) -> "streaming.StreamEncoder":
+    """A causal codec's streaming encoder (`telugu_jax.inference.streaming.StreamEncoder`).
+
+    Raises:
+      ValueError: the codec is the faithful, non-causal one.
+    """
+    return streaming.StreamEncoder(self, **kwargs)
+
+  def stream_decoder(self, **kwargs) -> "streaming.StreamDecoder | streaming.WindowedDecoder":
+    """A streaming decoder: exact for a causal codec (`streaming.StreamDecoder`), windowed with
+    left context for the faithful one (`streaming.WindowedDecoder`, approximate; its keyword
+    arguments `left_context` and `lookahead`)."""
+    if self.model.causal:
+      return streaming.StreamDecoder(self, **kwargs)
+    return streaming.WindowedDecoder(self, **kwargs)
 
   def encode(self, wave: np.ndarray) -> np.ndarray:
     """float32 `[B, T]` (or `[B, 1, T]`, or `[T]`) at 16 kHz → int32 codes `[B, n_q, frames]`."""

@@ -260,16 +260,74 @@ def Conv2d(features: int, kernel_size: tuple[int, int], stride: tuple[int, int] 
 
 
 class CausalConv1d(nn.Module):
-  """Left-pads `(k - 1) * dilation` zeros, then an unpadded `Conv1d` (submodule `conv`)."""
+  """Left-pads `(k - 1) * dilation` zeros, then an unpadded `Conv1d` (submodule `conv`).
+
+  `stream=True`: see `StreamingConv1d`.
+  """
 
   features: int
   kernel_size: int
   dilation: int = 1
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return Conv1d(self.features, self.kernel_size, padding=((self.kernel_size - 1) * self.dilation, 0),
-                  dilation=self.dilation, name="conv")(x)
+  def __call__(self, x: jax.Array, stream: bool = False) -> jax.Array:
+    return StreamingConv1d(self.features, self.kernel_size, dilation=self.dilation,
+                           name="conv")(x, stream)
+
+
+class StreamingConv1d(nn.Module):
+  """A causal `Conv1d` or `ConvTranspose1d` that can also run on a stream, chunk by chunk.
+
+  The parameters are those of `Conv1d` / `ConvTranspose1d` in this module's own scope (same
+  names and shapes), so it can stand in for a symmetric layer of the same size. Output step `t`
+  reads input steps up to `t` (its own frame) only:
+  - convolution: `(k - 1) * dilation + 1 - stride` zeros on the left, none on the right, so `L`
+    inputs give `L // stride` outputs and output `t` reads inputs up to `(t + 1) * stride - 1`;
+  - transposed (`transposed=True`): the last `k - stride` outputs, the overlap that the next input
+    adds to, are trimmed, so `L` inputs give `L * stride` outputs and output block `t` reads
+    inputs `<= t`.
+
+  With `stream=True` the left context is the variable "history" of the collection "stream" (the
+  previous chunk's last inputs; zeros at the start, as the full pass's padding) and it is
+  updated (apply with `mutable=["stream"]`); a convolution's chunk must be a whole number of
+  strides. A transposed convolution carries its overlap as the `ceil(k / stride) - 1` previous
+  inputs, whose contributions to the overlap it recomputes.
+  """
+
+  features: int
+  kernel_size: int
+  stride: int = 1
+  dilation: int = 1
+  weight_norm: bool = False
+  transposed: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, stream: bool = False) -> jax.Array:
+    k, s, d = self.kernel_size, self.stride, self.dilation
+    if self.transposed:
+      if d != 1 or k < s:
+        raise ValueError(f"a causal transposed conv needs dilation 1 and kernel >= stride, got "
+                         f"kernel {k}, stride {s}, dilation {d}")
+      context = -(-k // s) - 1  # previous inputs reaching this chunk's outputs
+      padding = (context * s if stream else 0, k - s)  # outputs cropped from each end
+    else:
+      context = (k - 1) * d + 1 - s
+      if context < 0:
+        raise ValueError(f"a causal conv needs (kernel - 1) * dilation + 1 >= stride, got "
+                         f"kernel {k}, stride {s}, dilation {d}")
+      padding = (0 if stream else context, 0)
+    if stream:
+      if not self.transposed and x.shape[1] % s:
+        raise ValueError(f"a streamed chunk must be a whole number of strides ({s}), "
+                         f"got {x.shape[1]} steps")
+      history = self.variable("stream", "history", jnp.zeros,
+                              (x.shape[0], context, x.shape[-1]), x.dtype)
+      x = jnp.concatenate([history.value, x], axis=1)
+      history.value = x[:, x.shape[1] - context:]
+    conv = _TorchLayoutConv(self.features, (k,), (s,), (padding,), (d,),
+                            use_weight_norm=self.weight_norm, transposed=self.transposed)
+    nn.share_scope(self, conv)
+    return conv(x)
 
 
 def sin_cos(z: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -340,6 +398,15 @@ def group_norm(name: str | None = None, dtype=None) -> nn.GroupNorm:
   """
   return nn.GroupNorm(num_groups=1, epsilon=TORCH_NORM_EPS, use_fast_variance=False, dtype=dtype,
                       name=name)
+
+
+def channel_norm(name: str | None = None, dtype=None) -> nn.LayerNorm:
+  """Normalisation over the channels of each time step, eps 1e-5: the causal codec's stand-in
+  for `group_norm` (same `scale`/`bias` parameters), a statistic of the present step only.
+
+  Statistics are reduced in float32 whatever `dtype` (the output's) is.
+  """
+  return nn.LayerNorm(epsilon=TORCH_NORM_EPS, use_fast_variance=False, dtype=dtype, name=name)
 
 
 def hann_window(n: int) -> np.ndarray:

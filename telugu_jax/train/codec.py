@@ -12,6 +12,7 @@ training loop.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -38,7 +39,7 @@ from telugu_jax.train import loop, sharding
 State = dict[str, Any]
 SAMPLE_RATE = 16000
 # Model options that change no parameter: a checkpoint may differ from the config in these.
-_FREE_OPTIONS = ("straight_through",)
+_FREE_OPTIONS = ("straight_through", "causal")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
@@ -46,6 +47,12 @@ def build_models(config: ml_collections.ConfigDict) -> tuple[Codec, Discriminato
   if config.compute_dtype not in COMPUTE_DTYPES:
     raise ValueError(f"compute_dtype {config.compute_dtype!r} is not supported: use one of "
                      f"{COMPUTE_DTYPES}")
+  if config.codec.get("codebook_dim", 0) and (config.vq.init_from_data
+                                             or config.vq.dead_code_threshold > 0):
+    raise ValueError("vq.init_from_data and vq.dead_code_threshold re-seed EMA codebooks: they "
+                     "need codec.codebook_dim=0 (factorised codes are learned by gradient)")
+  if not 0.0 <= config.vq.get("quantizer_dropout", 0.0) <= 1.0:
+    raise ValueError(f"vq.quantizer_dropout must lie in [0, 1], got {config.vq.quantizer_dropout}")
   return (Codec(**config.codec, dtype=config.compute_dtype),
           Discriminator(**config.discriminator, dtype=config.compute_dtype))
 
@@ -67,7 +74,8 @@ def init_state(config: ml_collections.ConfigDict, rng: jax.Array, num_samples: i
     codec_vars = codec.init(codec_rng, audio)
     disc_params = disc.init(disc_rng, audio)["params"]
     return {
-        "gen": {"params": codec_vars["params"], "vq": codec_vars["vq"],
+        # Factorised codes have no EMA statistics: "vq" is then empty.
+        "gen": {"params": codec_vars["params"], "vq": codec_vars.get("vq", {}),
                 "opt": tx.init(codec_vars["params"])},
         "disc": {"params": disc_params, "opt": tx.init(disc_params)},
         "step": jnp.zeros((), jnp.int32),
@@ -96,11 +104,15 @@ def load_state(path: str, config: ml_collections.ConfigDict,
     ValueError: if the checkpoint's architecture differs from `config`'s.
   """
   root, meta = checkpoints.read_model_meta(path, "codec", step)
+  defaults = {"codec": _field_defaults(Codec), "discriminator": _field_defaults(Discriminator)}
   for key in ("codec", "discriminator"):
     if key not in meta:
       continue
-    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in meta[key].items()
-             if k not in _FREE_OPTIONS}
+    # An option the checkpoint (written before it existed) or the config lacks counts as its
+    # default, the original's.
+    saved = {k: tuple(v) if isinstance(v, list) else v
+             for k, v in {**defaults[key], **meta[key]}.items()
+             if k not in _FREE_OPTIONS and (k in config[key] or v != defaults[key].get(k))}
     wanted = {k: v for k, v in config[key].to_dict().items() if k not in _FREE_OPTIONS}
     if saved != wanted:
       raise ValueError(f"{path}: the checkpoint's {key} {saved} differs from the config's {wanted}")
@@ -120,6 +132,19 @@ def load_state(path: str, config: ml_collections.ConfigDict,
   for model, part in restored.items():
     state[model] = {**state[model], **part} if isinstance(part, dict) else part
   return state, meta
+
+
+def _field_defaults(module: type) -> dict[str, Any]:
+  return {f.name: f.default for f in dataclasses.fields(module)
+          if f.default is not dataclasses.MISSING}
+
+
+def sample_levels(rng: jax.Array, batch: int, num_quantizers: int,
+                  dropout: float) -> jax.Array:
+  """Quantizer dropout (DAC): `[B]` levels, `~U{1..n_q}` with probability `dropout`, else `n_q`."""
+  use_rng, level_rng = jax.random.split(rng)
+  levels = jax.random.randint(level_rng, (batch,), 1, num_quantizers + 1)
+  return jnp.where(jax.random.uniform(use_rng, (batch,)) < dropout, levels, num_quantizers)
 
 
 def reseed_codes(rng: jax.Array, ema: dict[str, jax.Array], residuals: jax.Array,
@@ -167,6 +192,8 @@ def make_train_step(config: ml_collections.ConfigDict,
   tx = make_optimizer(config)
   weights = dict(config.loss_weights)
   base_rng = jax.random.key(config.seed)
+  factorised = bool(config.codec.get("codebook_dim", 0))
+  dropout = config.vq.get("quantizer_dropout", 0.0)
 
   def train_step(state: State, audio: jax.Array) -> tuple[State, dict]:
     gen, dis = state["gen"], state["disc"]
@@ -188,8 +215,13 @@ def make_train_step(config: ml_collections.ConfigDict,
     updates, disc_opt = tx.update(disc_grads, dis["opt"], dis["params"])
     disc_params = optax.apply_updates(dis["params"], updates)
 
+    levels = None
+    if dropout:
+      levels = sample_levels(jax.random.fold_in(jax.random.fold_in(base_rng, state["step"]), 1),
+                             audio.shape[0], codec.num_quantizers, dropout)
+
     def gen_loss_fn(params):
-      out = codec.apply({"params": params, "vq": gen["vq"]}, audio, train=True)
+      out = codec.apply({"params": params, "vq": gen["vq"]}, audio, train=True, levels=levels)
       real_out = jax.lax.stop_gradient(disc.apply({"params": disc_params}, audio))
       fake_out = disc.apply({"params": disc_params}, out["audio"])
       total, terms = losses.generator_losses(audio, out, real_out, fake_out, weights)
@@ -197,19 +229,21 @@ def make_train_step(config: ml_collections.ConfigDict,
 
     (gen_loss, (gen_terms, out)), gen_grads = jax.value_and_grad(gen_loss_fn, has_aux=True)(
         gen["params"])
-    ema = {k: out[k] for k in ("ema_cluster_size", "ema_w", "codebooks")}
-    if config.vq.init_from_data or config.vq.dead_code_threshold > 0:
-      ema = reseed_codes(jax.random.fold_in(base_rng, state["step"]), ema, out["residuals"],
-                         config.vq.dead_code_threshold,
-                         config.vq.init_from_data & (state["step"] == 0))
-    params = with_codebooks(gen["params"], ema["codebooks"])
+    if factorised:
+      params, vq = gen["params"], gen["vq"]
+    else:
+      ema = {k: out[k] for k in ("ema_cluster_size", "ema_w", "codebooks")}
+      if config.vq.init_from_data or config.vq.dead_code_threshold > 0:
+        ema = reseed_codes(jax.random.fold_in(base_rng, state["step"]), ema, out["residuals"],
+                           config.vq.dead_code_threshold,
+                           config.vq.init_from_data & (state["step"] == 0))
+      params = with_codebooks(gen["params"], ema["codebooks"])
+      vq = {"quantizer": {"ema_cluster_size": ema["ema_cluster_size"], "ema_w": ema["ema_w"]}}
     updates, gen_opt = tx.update(gen_grads, gen["opt"], params)
     params = optax.apply_updates(params, updates)
 
     new_state = {
-        "gen": {"params": params, "opt": gen_opt,
-                "vq": {"quantizer": {"ema_cluster_size": ema["ema_cluster_size"],
-                                     "ema_w": ema["ema_w"]}}},
+        "gen": {"params": params, "opt": gen_opt, "vq": vq},
         "disc": {"params": disc_params, "opt": disc_opt},
         "step": state["step"] + 1,
     }
@@ -237,7 +271,7 @@ def make_eval_step(config: ml_collections.ConfigDict) -> Callable:
   def eval_step(gen: dict, audio: jax.Array, lengths: jax.Array) -> dict[str, jax.Array]:
     variables = {"params": gen["params"], "vq": gen["vq"]}
     codes = codec.apply(variables, audio, lengths, method=Codec.encode)
-    frames = codec_lib.num_frames(lengths, strides)
+    frames = codec_lib.num_frames(lengths, strides, codec.causal)
     recon = codec.apply(variables, codes, frames, method=Codec.decode)
     recon = jnp.pad(recon, ((0, 0), (0, max(0, audio.shape[1] - recon.shape[1]))))
     recon = recon[:, : audio.shape[1]] * (jnp.arange(audio.shape[1]) < lengths[:, None])
