@@ -133,7 +133,7 @@ class Responder:
                           "code frame")
     return audio.normalize_rms(wave)
 
-  def _question_codes(self, codes: np.ndarray) -> np.ndarray:
+  def question_codes(self, codes: np.ndarray) -> np.ndarray:
     """Pads the fixed variant's question codes to a length bucket with the padding id."""
     c = self.s2s.config
     if c.is_original:
@@ -182,7 +182,7 @@ class Responder:
 
     stage = time.perf_counter()
     answer_codes, lengths = self.s2s.generate(
-        self._question_codes(codes), speaker_id, emotion_id, max_frames=max_frames,
+        self.question_codes(codes), speaker_id, emotion_id, max_frames=max_frames,
         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     frames = int(lengths[0])
     timings["generate_ms"] = _ms(stage)

@@ -75,7 +75,9 @@ class S2S:
     targets = jnp.asarray(target_codes, jnp.int32)
     return np.asarray(_logits(self.model, self.variables, codes, targets, speaker, emotion))
 
-  def _sampling_args(self, input_codes, speaker, emotion, temperature, top_k, top_p, seed):
+  def sampling_args(self, input_codes, speaker, emotion, temperature, top_k, top_p, seed):
+    """The arguments of `generation.generate` / `generation.stream` after the input codes:
+    `(model, variables, codes, speaker, emotion, sampling, seed)` as device arrays."""
     codes, speaker, emotion = self._batch(input_codes, speaker, emotion)
     return (self.model, self.variables, codes, speaker, emotion,
             generation.Sampling.make(temperature, top_k, top_p), jnp.int32(seed))
@@ -95,7 +97,7 @@ class S2S:
       `(codes, lengths)`: int32 `[B, Q, T]` with `T = max(lengths)` (frames at or after a
       sequence's length hold `config.pad_id`), and int32 `[B]`.
     """
-    args = self._sampling_args(input_codes, speaker, emotion, temperature, top_k, top_p, seed)
+    args = self.sampling_args(input_codes, speaker, emotion, temperature, top_k, top_p, seed)
     codes, lengths = generation.generate(*args, max_frames=max_frames)
     lengths = np.asarray(lengths)
     return np.asarray(codes)[..., :int(lengths.max(initial=0))], lengths
@@ -107,7 +109,7 @@ class S2S:
     """Like `generate`, but yields each frame `[B, Q]` int32 as soon as it is complete; the
     frames equal `generate`'s with the same arguments. Each device call decodes
     `frames_per_call` frames."""
-    args = self._sampling_args(input_codes, speaker, emotion, temperature, top_k, top_p, seed)
+    args = self.sampling_args(input_codes, speaker, emotion, temperature, top_k, top_p, seed)
     return generation.stream(*args, max_frames=max_frames, frames_per_call=frames_per_call)
 
 
