@@ -141,3 +141,33 @@ def test_bad_configs_get_clear_errors(tmp_path):
         with_overrides(s2s_configs.get_config("smoke"), **{"loss.level_weights": (1.0, 2.0)}),
         str(tmp_path))
 
+
+
+def test_a_full_disk_is_one_line_whatever_the_error_type():
+  """Orbax reports a full disk as a ValueError (RESOURCE_EXHAUSTED ... No space left on device)
+  from its background threads: the message is found along the exception chain, and the
+  background threads' log records and TensorStore's closed-loop callbacks are not echoed."""
+  import errno
+  import logging
+
+  from telugu_jax import main
+
+  full = ValueError('RESOURCE_EXHAUSTED: Error writing local file "ckpt/6/_sharding": Failed '
+                    "to write 126965 bytes to file 12: No space left on device [os_error_code='28']")
+  wrapped = RuntimeError("save failed")
+  wrapped.__cause__ = full
+  assert main._disk_full(wrapped).startswith("RESOURCE_EXHAUSTED")
+  assert main._disk_full(OSError(errno.ENOSPC, "write")) is not None
+  assert main._disk_full(ValueError("unknown variant 'x'")) is None
+
+  drop = main._DropSaveAftermath()
+
+  def record(message, error=None):
+    return logging.LogRecord("absl", logging.ERROR, "future.py", 1, message, None,
+                             (type(error), error, None) if error else None)
+
+  assert not drop.filter(record("_SignalingThread.run() raised an exception", full))
+  assert not drop.filter(record("save thread failed", RuntimeError("Event loop is closed")))
+  assert not drop.filter(record(f"write failed: {full}"))
+  assert drop.filter(record("Checkpoint step 6 cannot be read", ValueError("bad magic")))
+  assert drop.filter(record("Moved the unreadable checkpoint aside"))
