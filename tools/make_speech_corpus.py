@@ -26,6 +26,7 @@ voices, engines and augmentations. Needs `espeak-ng`, `festival` and `festvox-te
 
 from __future__ import annotations
 
+import argparse
 import collections
 import dataclasses
 import hashlib
@@ -40,8 +41,6 @@ from typing import Any
 import numpy as np
 import scipy.signal
 import tqdm
-from absl import app
-from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -317,19 +316,20 @@ def format_summary(summary: dict[str, Any], max_failed: int = 10) -> str:
   return "\n".join(lines)
 
 
-_OUTPUT = flags.DEFINE_string("output", None, "Output folder for the shards (a cache).")
-_HOURS = flags.DEFINE_float("hours", 1.0, "Hours of training audio to make.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed: utterance i depends on (seed, i) only.")
-_SHARD_UTTERANCES = flags.DEFINE_integer("shard_utterances", 128, "Utterances per shard.")
-_AUGMENT = flags.DEFINE_float("augment", 0.7, "Probability that an utterance is augmented.")
-
-
-def main(argv):
-  del argv
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--output", required=True, help="Output folder for the shards (a cache).")
+  parser.add_argument("--hours", type=float, default=1.0, help="Hours of training audio to make.")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="Seed: utterance i depends on (seed, i) only.")
+  parser.add_argument("--shard_utterances", type=int, default=128, help="Utterances per shard.")
+  parser.add_argument("--augment", type=float, default=0.7,
+                      help="Probability that an utterance is augmented.")
+  args = parser.parse_args()
   try:
-    summary = make_speech_corpus(_OUTPUT.value, _HOURS.value, seed=_SEED.value,
-                                 shard_utterances=_SHARD_UTTERANCES.value,
-                                 augment_prob=_AUGMENT.value)
+    summary = make_speech_corpus(args.output, args.hours, seed=args.seed,
+                                 shard_utterances=args.shard_utterances,
+                                 augment_prob=args.augment)
   except (ValueError, conversations.SynthesisError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -337,5 +337,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["output"])
-  app.run(main)
+  main()
