@@ -87,6 +87,8 @@ def test_sigkill_resume_loses_nothing_and_sigterm_saves(tmp_path):
   # Every checkpoint falls on an epoch boundary, where the learning rate changes: the resumed
   # run must train the next epoch at its own rate (it once kept the previous epoch's).
   total, epochs = 16, {"steps_per_epoch": 2, "num_epochs": 10}
+  # Started first so that it compiles while the reference trains; it waits for SIGTERM below.
+  stopped = launch(tmp_path / "stopped", total_steps=1000, checkpoint_every=1000)
   trainer.train_and_evaluate(tiny_config(total_steps=total, checkpoint_every=2, **epochs),
                              str(tmp_path / "reference"))
 
@@ -106,7 +108,6 @@ def test_sigkill_resume_loses_nothing_and_sigterm_saves(tmp_path):
   rates = [row["train/learning_rate"] for row in rows]
   assert rates == [row["train/learning_rate"] for row in reference] and len(set(rates)) > 4
 
-  stopped = launch(tmp_path / "stopped", total_steps=1000, checkpoint_every=1000)
   for line in stopped.stdout:  # wait until training is under way
     if line.startswith("step 2/"):
       break
@@ -133,16 +134,16 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
 def test_one_device_eight_devices_and_two_hosts_train_alike(tmp_path):
   """The same run on 1 device, on 8 (one process) and on 2 processes × 2 devices (gloo)."""
   steps = {"total_steps": 3, "checkpoint_every": 3, "eval_every": 3, "data.batch_size": 8}
-  trainer.train_and_evaluate(tiny_config(**steps), str(tmp_path / "one"))
+  # The three runs at once: compilation is mostly single-threaded, so they share the cores.
   eight = launch(tmp_path / "eight", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
                  **steps)
-  assert eight.wait(timeout=600) == 0, eight.stdout.read()
   port = 20000 + os.getpid() % 20000
   hosts = [launch(tmp_path / "hosts", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
                   extra=["--distributed", f"--coordinator_address=127.0.0.1:{port}",
                          "--num_processes=2", f"--process_id={process_id}"], **steps)
            for process_id in range(2)]
-  for process in hosts:
+  trainer.train_and_evaluate(tiny_config(**steps), str(tmp_path / "one"))
+  for process in (eight, *hosts):
     output = process.communicate(timeout=600)[0]
     assert process.returncode == 0, output
 
