@@ -20,6 +20,8 @@ Variants (`configs/codec.py:VARIANT`):
               --config.data.train_shards='CORPUS/train-*.arrayrecord' \
               --config.data.validation_shards='CORPUS/validation-*.arrayrecord'
   lowrate_streaming  lowrate as a causal codec (`causal=True`, see "streaming").
+  lowrate_demo  the demo's sizes and recipe at lowrate's 50 frames/s (8 x 256 codes, 3.2 kbit/s):
+          the codec of the conversation demo (`tools/conversation_demo.py`).
   streaming  the causal codec (`Codec(causal=True)`: left-padded convolutions, per-step channel
           normalisation, transposed convolutions trimmed causally), otherwise the original's
           architecture and recipe, for the voice agent's exact streaming encode/decode
@@ -138,8 +140,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_audio_samples = 1
     config.checkpoint_every = 3
     config.data.eval_folder = ""
-  elif arg == "demo":
+  elif arg in ("demo", "lowrate_demo"):
     config.codec.update(sample_corpus.DEMO_CODEC)
+    if arg == "lowrate_demo":
+      config.codec.strides = (2, 2, 2, 4, 10)  # 50 frames/s, as `lowrate`
     config.discriminator.period_channels = (8, 16, 32, 64, 64)
     config.discriminator.stft_channels = 8
     config.data.batch_size = 8
@@ -166,6 +170,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       config.codec.causal = True
   elif arg is not None:
     raise ValueError(f"unknown configs/codec.py variant {arg!r}: expected 'demo', 'lowrate', "
-                     "'lowrate_streaming', 'smoke', 'streaming', 'streaming_smoke' or none")
+                     "'lowrate_demo', 'lowrate_streaming', 'smoke', 'streaming', 'streaming_smoke' or none")
   config.lock()
   return config

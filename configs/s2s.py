@@ -25,6 +25,8 @@ Variants (`configs/s2s.py:VARIANT`):
   original      stage 2 with the original model exactly, defects included (for fine-tuning a
                 converted original checkpoint: `--config.init_from=CONVERTED`).
   demo          a small model, stage 1 on the bundled sample corpus (encoded once and cached).
+  conversation_demo  the demo's model, stage 2 on the 50 Hz code pairs of the conversation demo
+                (`python tools/conversation_demo.py`, which runs it), with decoder input noise.
   smoke         a tiny model and a few steps, for tests (on the sample corpus's codes).
 
 The model is the original's size (512 hidden, 8 heads, 6 + 6 layers, 1024 codes x 8 levels) with
@@ -49,12 +51,13 @@ def _model(**overrides) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = arg or "pretrain"
-  known = (*STAGES, "original", "demo", "smoke")
+  known = (*STAGES, "original", "demo", "conversation_demo", "smoke")
   if arg not in known:
     raise ValueError(f"unknown configs/s2s.py variant {arg!r}: expected one of {known}")
   config = ml_collections.ConfigDict()
   config.task = "s2s"
-  config.stage = {"original": "conversation", "demo": "pretrain", "smoke": "pretrain"}.get(arg, arg)
+  config.stage = {"original": "conversation", "conversation_demo": "conversation",
+                  "demo": "pretrain", "smoke": "pretrain"}.get(arg, arg)
   config.seed = 0
   # Resume order: the workdir's latest checkpoint, else this one (the previous stage's workdir or
   # a converted original S2S checkpoint: parameters and BatchNorm statistics only), else fresh.
@@ -95,6 +98,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # "all", or "style": only the style embeddings and the last `last_decoder_layers` decoder
   # layers (BatchNorm statistics then stay as loaded).
   config.trainable = ml_collections.ConfigDict(dict(parts="all", last_decoder_layers=2))
+  # Training only: this fraction of the decoder's teacher-forced input codes is replaced by
+  # random codes, so that the decoder cannot lean on the answer's own past alone and learns to
+  # listen to the question (and to recover from its own mistakes). 0 = the original's training.
+  config.decoder_input_noise = 0.0
   config.compute_dtype = "float32"  # or "bfloat16" (parameters and losses stay float32)
   config.total_steps = {"pretrain": 100_000, "conversation": 20_000, "style": 5_000}[config.stage]
 
@@ -151,5 +158,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_every = 200
     config.eval_batches = 4
     config.checkpoint_every = 200
+  elif arg == "conversation_demo":
+    # The demo's model on 50 Hz codes of `configs/codec.py:lowrate_demo` (questions up to ~5 s,
+    # answers up to ~6 s), trained from scratch on a few dozen question -> answer texts.
+    config.model = _model(variant="fixed", hidden_dim=128, num_heads=4, num_encoder_layers=2,
+                          num_decoder_layers=3, ffn_dim=512, conv_kernel_size=15,
+                          vocab_size=sample_corpus.DEMO_CODEC["codebook_size"],
+                          delays=(0, 1, 1, 1, 1, 1, 1, 1))
+    config.data.batch_size = 16
+    config.data.max_question_frames = 256
+    config.data.max_answer_frames = 320
+    config.data.bucket_frames = 64
+    config.optimizer.learning_rate = 2e-3
+    config.optimizer.warmup_steps = 100
+    config.total_steps = 1500
+    config.log_every = 50
+    config.eval_every = 500
+    config.eval_batches = 4
+    config.checkpoint_every = 500
+    config.sample_max_frames = 320
+    config.decoder_input_noise = 0.3
   config.lock()
   return config

@@ -124,15 +124,16 @@ def test_faithful_parameter_tree_is_unchanged_by_the_options():
   assert variables["params"]["quantizer"]["codebooks"].shape == (8, 32, 16)
 
 
-@pytest.mark.parametrize("variant", ["lowrate", "lowrate_streaming"])
-def test_lowrate_is_50_frames_per_second_at_4_kbits(variant):
+@pytest.mark.parametrize("variant,bits_per_second", [
+    ("lowrate", 50 * 8 * 10), ("lowrate_streaming", 50 * 8 * 10), ("lowrate_demo", 50 * 8 * 8)])
+def test_lowrate_is_50_frames_per_second_at_4_kbits_or_less(variant, bits_per_second):
   config = codec_configs.get_config(variant)
   strides, causal = tuple(config.codec.strides), config.codec.get("causal", False)
   assert np.prod(strides) == 320
   assert codec_lib.num_frames(16000, strides, causal) == 50
   assert codec_lib.num_samples(50, strides, causal) == 16000
   bits = 50 * config.codec.num_quantizers * np.log2(config.codec.codebook_size)
-  assert bits == 4000
+  assert bits == bits_per_second
   # The model itself, at tiny widths.
   tiny = Codec(**{**config.codec, "encoder_channels": (2, 2, 2, 2, 4), "hidden_dim": 4,
                   "decoder_channels": (4, 2, 2, 2, 2, 2), "codebook_size": 16})

@@ -72,6 +72,24 @@ def test_masked_cross_entropy_against_pytorch():
   assert float(loss) == pytest.approx(np.average(per_level, weights=level_weights), rel=1e-5)
 
 
+def test_decoder_input_noise_replaces_only_codes_at_the_given_rate():
+  c = trainer.model_config(s2s_configs.get_config("smoke"))
+  codes = jnp.asarray(np.random.default_rng(0).integers(0, c.vocab_size, (4, 8, 500)))
+  forcing = trainer.teacher_forcing(c, codes, jnp.array([500, 400, 100, 1]))
+  special = np.asarray(forcing.decoder_input >= c.vocab_size)
+  assert special.any() and (~special).any()
+  rng = jax.random.key(3)
+  np.testing.assert_array_equal(trainer.corrupt_codes(rng, forcing.decoder_input, 0.0,
+                                                      c.vocab_size), forcing.decoder_input)
+  for fraction in (0.3, 1.0):
+    noisy = np.asarray(trainer.corrupt_codes(rng, forcing.decoder_input, fraction, c.vocab_size))
+    np.testing.assert_array_equal(noisy[special], np.asarray(forcing.decoder_input)[special])
+    assert noisy[~special].min() >= 0 and noisy[~special].max() < c.vocab_size
+    changed = (noisy != np.asarray(forcing.decoder_input))[~special].mean()
+    # A replacement draws the same code again with probability 1 / vocab_size.
+    assert changed == pytest.approx(fraction * (1 - 1 / c.vocab_size), abs=0.01)
+
+
 def test_learns_to_answer_with_the_reversed_question(tmp_path):
   """An answer that is the question backwards: every frame must be read from the encoder
   through cross-attention, at a position that depends on the question's length. Greedy
@@ -156,16 +174,15 @@ def test_sigkill_resume_gives_the_batches_and_parameters_of_an_uninterrupted_run
   total = 40
   flags = [f"--config.total_steps={total}", "--config.checkpoint_every=4",
            "--config.eval_every=0", "--config.log_every=1"]
-  reference = _launch(tmp_path / "reference", *flags)
-  output = reference.communicate(timeout=600)[0]
-  assert reference.returncode == 0, output
-
+  reference = _launch(tmp_path / "reference", *flags)  # runs beside the killed run
   killed = _launch(tmp_path / "killed", *flags)
   for line in killed.stdout:  # step 8's save waits for step 4's: step 4 is on disk by step 9
     if line.startswith("step 9/"):
       break
   killed.kill()  # SIGKILL: no chance to clean up
   killed.wait()
+  output = reference.communicate(timeout=600)[0]
+  assert reference.returncode == 0, output
   latest = checkpoints.latest_step(str(tmp_path / "killed" / "checkpoints"))
   assert latest is not None and 4 <= latest < total, latest
   resumed = _launch(tmp_path / "killed", *flags)

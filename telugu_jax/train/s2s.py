@@ -134,16 +134,33 @@ def load_variables(path: str, config: ml_collections.ConfigDict) -> dict[str, An
 # --- the update -----------------------------------------------------------------------------------
 
 
+def corrupt_codes(rng: jax.Array, codes: jax.Array, fraction: float, vocab_size: int
+                  ) -> jax.Array:
+  """`codes` with each code (ids below `vocab_size`; start, end and padding ids stay) replaced by
+  a uniformly random code with probability `fraction`."""
+  if fraction <= 0.0:
+    return codes
+  replace_rng, value_rng = jax.random.split(rng)
+  replace = (jax.random.uniform(replace_rng, codes.shape) < fraction) & (codes < vocab_size)
+  return jnp.where(replace, jax.random.randint(value_rng, codes.shape, 0, vocab_size,
+                                               codes.dtype), codes)
+
+
 def _forward(model: S2STransformer, variables: dict, batch: dict, compute_dtype: str,
-             deterministic: bool, rng: jax.Array | None = None):
+             deterministic: bool, rng: jax.Array | None = None, input_noise: float = 0.0):
   """Teacher-forced logits and the batch's `TeacherForcing`; with `deterministic=False` also
-  the updated BatchNorm statistics."""
+  the updated BatchNorm statistics, and `input_noise` of the decoder's input codes replaced by
+  random ones (`corrupt_codes`; the targets stay)."""
   c = model.config
   forcing = teacher_forcing(c, batch["answer"], batch["answer_lengths"])
   if compute_dtype == "bfloat16":
     variables = {**variables, "params": jax.tree.map(lambda p: p.astype(jnp.bfloat16),
                                                      variables["params"])}
-  args = (batch["question"], forcing.decoder_input, batch["speaker"], batch["emotion"])
+  decoder_input = forcing.decoder_input
+  if not deterministic:
+    rng, noise_rng = jax.random.split(rng)
+    decoder_input = corrupt_codes(noise_rng, decoder_input, input_noise, c.vocab_size)
+  args = (batch["question"], decoder_input, batch["speaker"], batch["emotion"])
   if deterministic:
     return model.apply(variables, *args), forcing, None
   logits, updates = model.apply(variables, *args, deterministic=False,
@@ -196,7 +213,8 @@ def make_train_step(config: ml_collections.ConfigDict, params: Any
     def loss_fn(params):
       logits, forcing, batch_stats = _forward(
           model, {"params": params, "batch_stats": state["batch_stats"]}, batch,
-          config.compute_dtype, deterministic=False, rng=rng)
+          config.compute_dtype, deterministic=False, rng=rng,
+          input_noise=config.decoder_input_noise)
       loss, sums = losses.masked_cross_entropy(logits, forcing.targets, forcing.weights,
                                                config.loss.label_smoothing, level_weights)
       return loss, (sums, end_of_speech_hits(c, logits, forcing), batch_stats)
