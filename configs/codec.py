@@ -170,6 +170,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       config.codec.causal = True
   elif arg is not None:
     raise ValueError(f"unknown configs/codec.py variant {arg!r}: expected 'demo', 'lowrate', "
-                     "'lowrate_demo', 'lowrate_streaming', 'smoke', 'streaming', 'streaming_smoke' or none")
+                     "'lowrate_demo', 'lowrate_streaming', 'smoke', 'streaming', "
+                     "'streaming_smoke' or none")
   config.lock()
   return config

@@ -157,7 +157,7 @@ def _forward(model: S2STransformer, variables: dict, batch: dict, compute_dtype:
     variables = {**variables, "params": jax.tree.map(lambda p: p.astype(jnp.bfloat16),
                                                      variables["params"])}
   decoder_input = forcing.decoder_input
-  if not deterministic:
+  if not deterministic and input_noise > 0:  # (the dropout stream is unchanged without noise)
     rng, noise_rng = jax.random.split(rng)
     decoder_input = corrupt_codes(noise_rng, decoder_input, input_noise, c.vocab_size)
   args = (batch["question"], decoder_input, batch["speaker"], batch["emotion"])
