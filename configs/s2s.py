@@ -177,6 +177,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_batches = 4
     config.checkpoint_every = 500
     config.sample_max_frames = 320
-    config.decoder_input_noise = 0.3
+    config.decoder_input_noise = 0.1
   config.lock()
   return config
