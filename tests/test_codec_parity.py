@@ -211,8 +211,8 @@ def test_generator_and_discriminator_gradients_match():
   disc_value, disc_grads = jax.jit(jax.value_and_grad(jax_disc_loss))(disc_vars["params"])
   assert relative_error(gen_value, gen_loss.detach().numpy()) < TOL
   assert relative_error(disc_value, disc_loss.detach().numpy()) < TOL
-  # Float32 gradients through the whole GAN: the summation order of PyTorch's CPU kernels
-  # depends on the processor (largest error measured: 5.8e-4, the first encoder layer's
+  # Float32 gradients through the whole GAN: the summation order of the CPU kernels (PyTorch's
+  # and XLA's) depends on the processor (largest error measured: 5.8e-4, the first encoder layer's
   # weight_v on an AMD EPYC; below 5e-4 on the machines CI ran on before).
   assert_trees_close(codec_grads, expected_codec_grads, tol=1e-3)
   assert_trees_close(disc_grads, expected_disc_grads, tol=1e-3)
