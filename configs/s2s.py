@@ -142,7 +142,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every = 3
     config.eval_samples = 1
     config.sample_max_frames = 16
-  elif arg == "demo":
+  elif arg in ("demo", "conversation_demo"):
     config.model = _model(variant="fixed", hidden_dim=128, num_heads=4, num_encoder_layers=2,
                           num_decoder_layers=3, ffn_dim=512, conv_kernel_size=15,
                           vocab_size=sample_corpus.DEMO_CODEC["codebook_size"],
@@ -158,25 +158,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_every = 200
     config.eval_batches = 4
     config.checkpoint_every = 200
-  elif arg == "conversation_demo":
-    # The demo's model on 50 Hz codes of `configs/codec.py:lowrate_demo` (questions up to ~5 s,
-    # answers up to ~6 s), trained from scratch on a few dozen question -> answer texts.
-    config.model = _model(variant="fixed", hidden_dim=128, num_heads=4, num_encoder_layers=2,
-                          num_decoder_layers=3, ffn_dim=512, conv_kernel_size=15,
-                          vocab_size=sample_corpus.DEMO_CODEC["codebook_size"],
-                          delays=(0, 1, 1, 1, 1, 1, 1, 1))
-    config.data.batch_size = 16
-    config.data.max_question_frames = 256
-    config.data.max_answer_frames = 320
-    config.data.bucket_frames = 64
-    config.optimizer.learning_rate = 2e-3
-    config.optimizer.warmup_steps = 100
-    config.total_steps = 1500
-    config.log_every = 50
-    config.eval_every = 500
-    config.eval_batches = 4
-    config.checkpoint_every = 500
-    config.sample_max_frames = 320
-    config.decoder_input_noise = 0.1
+    if arg == "conversation_demo":
+      # The demo's model on 50 Hz codes of `configs/codec.py:lowrate_demo` (questions up to
+      # ~5 s, answers up to ~6 s), trained from scratch on a few dozen question -> answer texts.
+      config.data.update(max_question_frames=256, max_answer_frames=320, bucket_frames=64)
+      config.optimizer.warmup_steps = 100
+      config.total_steps = 1500
+      config.log_every = 50
+      config.eval_every = config.checkpoint_every = 500
+      config.sample_max_frames = 320
+      config.decoder_input_noise = 0.1
   config.lock()
   return config
