@@ -284,7 +284,7 @@ def _synthetic_meta(plan: conversations.PairPlan) -> dict[str, Any]:
       "question_voice_settings": _voice_meta(plan.question_voice),
       "answer_engine": plan.answer_voice.engine, "answer_voice": plan.answer_voice.name,
       "answer_voice_settings": _voice_meta(plan.answer_voice),
-      "augment": conversations.augment_labels(plan),
+      "augment": conversations.augment_labels(plan.augment),
       "speaker": plan.speaker, "speaker_id": records.SPEAKER_IDS[plan.speaker],
       "emotion": plan.emotion, "emotion_id": records.EMOTION_IDS[plan.emotion],
   }  # fmt: skip

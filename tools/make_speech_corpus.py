@@ -114,22 +114,6 @@ def peaking_eq(wave: np.ndarray, center_hz: float, gain_db: float, q: float = 1.
   return scipy.signal.lfilter(b, den, wave).astype(np.float32)
 
 
-def augment_labels(plan: UtterancePlan) -> list[str]:
-  """Readable augmentations, e.g. `["speed:1.04", "eq:peak:820Hz:+6dB", "noise:pink:18dB"]`."""
-  labels = [f"speed:{plan.speed:.2f}"] if plan.speed != 1.0 else []
-  for name, params in plan.augment:
-    p = dict(params)
-    if name == "eq" and p["kind"] == "peak":
-      labels.append(f"eq:peak:{p['center_hz']:.0f}Hz:{p['gain_db']:+.0f}dB")
-    elif name == "eq":
-      labels.append(f"eq:band:{p['low_hz']:.0f}-{p['high_hz']:.0f}Hz")
-    elif name == "reverb":
-      labels.append(f"reverb:{p['rt60_s']:.2f}s")
-    else:
-      labels.append(f"noise:{p['color']}:{p['snr_db']:.0f}dB")
-  return labels
-
-
 def finish(wave: np.ndarray, plan: UtterancePlan) -> np.ndarray:
   """Trims, speed-perturbs, augments and levels one synthesised utterance (float32 16 kHz)."""
   rng = np.random.default_rng(plan.render_seed)
@@ -193,7 +177,9 @@ def build_shard(plans: Sequence[UtterancePlan], paths: dict[str, str], fingerpri
         "emotion": "neutral", "transcript": plan.text, "split": plan.split,
         "sample_rate": audio.SAMPLE_RATE, "duration": wave.size / audio.SAMPLE_RATE,
         "segment": 0, "num_segments": 1, "problems": [], "engine": plan.voice.engine,
-        "voice": dataclasses.asdict(plan.voice), "augment": augment_labels(plan),
+        "voice": dataclasses.asdict(plan.voice),
+        "augment": ([f"speed:{plan.speed:.2f}"] if plan.speed != 1.0 else [])
+                   + conversations.augment_labels(plan.augment),
         **{k: (float(v) if math.isfinite(v) else None)
            for k, v in audio.level_stats(wave).items()},
     }

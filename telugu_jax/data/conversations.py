@@ -869,17 +869,22 @@ def band_limit(wave: np.ndarray, low_hz: float, high_hz: float) -> np.ndarray:
   return scipy.signal.sosfilt(sos, wave).astype(np.float32)
 
 
-def augment_labels(plan: PairPlan) -> list[str]:
-  """Readable names of the question's augmentations, e.g. `["reverb:0.41s", "noise:pink:18dB"]`."""
+def augment_labels(augment: Sequence[tuple[str, Any]]) -> list[str]:
+  """Readable names of a plan's augmentations (`(name, params)` pairs, here and in
+  `tools/make_speech_corpus.py`), e.g. `["reverb:0.41s", "noise:pink:18dB"]`."""
   labels = []
-  for name, params in plan.augment:
+  for name, params in augment:
     p = dict(params)
     if name == "noise":
       labels.append(f"noise:{p['color']}:{p['snr_db']:.0f}dB")
     elif name == "reverb":
       labels.append(f"reverb:{p['rt60_s']:.2f}s")
-    else:
+    elif name == "band":
       labels.append(f"band:{p['low_hz']:.0f}-{p['high_hz']:.0f}Hz")
+    elif p["kind"] == "peak":  # "eq"
+      labels.append(f"eq:peak:{p['center_hz']:.0f}Hz:{p['gain_db']:+.0f}dB")
+    else:
+      labels.append(f"eq:band:{p['low_hz']:.0f}-{p['high_hz']:.0f}Hz")
   return labels
 
 
