@@ -94,6 +94,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict(dict(
       label_smoothing=0.0,
       level_weights=(),  # one weight per codec level; empty = uniform (the original's mean)
+      # The first `answer_start_frames` decoder positions weigh `answer_start_weight` times the
+      # rest in each level's mean: where an answer starts is where the decoder must choose it from
+      # the question, the rest follows from its own past. 0 frames = off (the original's mean).
+      answer_start_frames=0,
+      answer_start_weight=1.0,
   ))
   # "all", or "style": only the style embeddings and the last `last_decoder_layers` decoder
   # layers (BatchNorm statistics then stay as loaded).
@@ -102,6 +107,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # random codes, so that the decoder cannot lean on the answer's own past alone and learns to
   # listen to the question (and to recover from its own mistakes). 0 = the original's training.
   config.decoder_input_noise = 0.0
+  # Training only: this fraction of the examples gets all its decoder input codes replaced by
+  # random codes: the answer must come from the question alone. 0 = the original's training.
+  config.decoder_input_blank = 0.0
   config.compute_dtype = "float32"  # or "bfloat16" (parameters and losses stay float32)
   config.total_steps = {"pretrain": 100_000, "conversation": 20_000, "style": 5_000}[config.stage]
 

@@ -135,12 +135,14 @@ def generator_losses(audio: jax.Array, codec_out: dict, real: tuple, fake: tuple
 
 def masked_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array,
                          label_smoothing: float = 0.0,
-                         level_weights: Sequence[float] | None = None
+                         level_weights: Sequence[float] | None = None,
+                         position_weights: jax.Array | None = None
                          ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Cross-entropy of code logits over the positions that count.
 
   Per level q: the mean over positions with `weights > 0` of
-  `(1 - s) * -log p(target) + s * mean_v(-log p(v))` (s = `label_smoothing`); the loss is the
+  `(1 - s) * -log p(target) + s * mean_v(-log p(v))` (s = `label_smoothing`), weighted by
+  `position_weights` where given; the loss is the
   `level_weights`-weighted mean of the per-level values (uniform weights and all positions
   counting give the original's mean over levels of `F.cross_entropy`).
 
@@ -150,6 +152,8 @@ def masked_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Arr
     weights: `[B, Q, T]`, 1.0 where the target counts (`teacher_forcing(...).weights`).
     label_smoothing: s above.
     level_weights: `Q` non-negative weights (None: uniform).
+    position_weights: broadcastable to `[B, Q, T]`, positive: each counted position's weight in
+      its level's mean (None: all 1). The returned sums do not use them.
   Returns:
     `(loss, sums)`: sums per level `[Q]` for aggregation over batches: `nll` (unsmoothed
     negative log-likelihood), `correct` (top-1 hits) and `count` (positions counted).
@@ -164,7 +168,9 @@ def masked_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Arr
   if label_smoothing:
     per_position = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(log_probs, -1)
   count = jnp.sum(weights, axis=(0, 2))  # [Q]
-  level_loss = jnp.sum(per_position * weights, axis=(0, 2)) / jnp.maximum(count, 1.0)
+  loss_weights = weights if position_weights is None else weights * position_weights
+  level_loss = (jnp.sum(per_position * loss_weights, axis=(0, 2))
+                / jnp.maximum(jnp.sum(loss_weights, axis=(0, 2)), 1e-6))
   q = logits.shape[1]
   level_weights = jnp.ones(q) if level_weights is None else jnp.asarray(level_weights, jnp.float32)
   if level_weights.shape != (q,):

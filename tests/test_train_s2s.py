@@ -71,6 +71,25 @@ def test_masked_cross_entropy_against_pytorch():
         torch.from_numpy(targets[:, q]).reshape(-1)[keep], label_smoothing=0.1).item())
   assert float(loss) == pytest.approx(np.average(per_level, weights=level_weights), rel=1e-5)
 
+  # The answer's first frames weighted up: a weighted mean of PyTorch's per-position losses.
+  config = with_overrides(s2s_configs.get_config("smoke"),
+                          **{"loss.answer_start_frames": 2, "loss.answer_start_weight": 3.0})
+  emphasis = trainer.answer_start_emphasis(config, 5)
+  np.testing.assert_array_equal(emphasis, [3, 3, 1, 1, 1])
+  loss, emphasised_sums = losses.masked_cross_entropy(
+      jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights),
+      position_weights=emphasis)
+  per_level = []
+  for q in range(3):
+    nll = torch.nn.functional.cross_entropy(torch.from_numpy(logits[:, q]).reshape(-1, 7),
+                                            torch.from_numpy(targets[:, q]).reshape(-1),
+                                            reduction="none").numpy()
+    w = (weights[:, q] * np.asarray(emphasis)).reshape(-1)
+    per_level.append(np.sum(nll * w) / np.sum(w))
+  assert float(loss) == pytest.approx(np.mean(per_level), rel=1e-5)
+  np.testing.assert_array_equal(emphasised_sums["count"], weights.sum(axis=(0, 2)))
+  assert trainer.answer_start_emphasis(s2s_configs.get_config("smoke"), 5) is None
+
 
 def test_decoder_input_noise_replaces_only_codes_at_the_given_rate():
   c = trainer.model_config(s2s_configs.get_config("smoke"))
@@ -88,6 +107,14 @@ def test_decoder_input_noise_replaces_only_codes_at_the_given_rate():
     changed = (noisy != np.asarray(forcing.decoder_input))[~special].mean()
     # A replacement draws the same code again with probability 1 / vocab_size.
     assert changed == pytest.approx(fraction * (1 - 1 / c.vocab_size), abs=0.01)
+
+  # Blanked examples: every code replaced (the specials stay), the other examples untouched.
+  many = jnp.asarray(np.random.default_rng(1).integers(0, c.vocab_size, (400, 8, 30)))
+  blanked = np.asarray(trainer.corrupt_codes(rng, many, 0.0, c.vocab_size, blank_fraction=0.25))
+  changed = (blanked != np.asarray(many)).mean(axis=(1, 2))
+  untouched = changed == 0
+  assert 0.18 < 1 - untouched.mean() < 0.32
+  assert changed[~untouched].min() > 1 - 3 / c.vocab_size - 0.1  # all replaced, some by themselves
 
 
 def test_learns_to_answer_with_the_reversed_question(tmp_path):

@@ -134,32 +134,40 @@ def load_variables(path: str, config: ml_collections.ConfigDict) -> dict[str, An
 # --- the update -----------------------------------------------------------------------------------
 
 
-def corrupt_codes(rng: jax.Array, codes: jax.Array, fraction: float, vocab_size: int
-                  ) -> jax.Array:
-  """`codes` with each code (ids below `vocab_size`; start, end and padding ids stay) replaced by
-  a uniformly random code with probability `fraction`."""
-  if fraction <= 0.0:
+def corrupt_codes(rng: jax.Array, codes: jax.Array, fraction: float, vocab_size: int,
+                  blank_fraction: float = 0.0) -> jax.Array:
+  """`codes` `[B, Q, L]` with each code (ids below `vocab_size`; start, end and padding ids stay)
+  replaced by a uniformly random code with probability `fraction`, and every code of an example
+  with probability `blank_fraction`."""
+  if fraction <= 0.0 and blank_fraction <= 0.0:
     return codes
   replace_rng, value_rng = jax.random.split(rng)
-  replace = (jax.random.uniform(replace_rng, codes.shape) < fraction) & (codes < vocab_size)
+  replace = jax.random.uniform(replace_rng, codes.shape) < fraction
+  if blank_fraction > 0.0:
+    blank = jax.random.uniform(jax.random.fold_in(rng, 1), codes.shape[:1]) < blank_fraction
+    replace = replace | blank[:, None, None]
+  replace = replace & (codes < vocab_size)
   return jnp.where(replace, jax.random.randint(value_rng, codes.shape, 0, vocab_size,
                                                codes.dtype), codes)
 
 
 def _forward(model: S2STransformer, variables: dict, batch: dict, compute_dtype: str,
-             deterministic: bool, rng: jax.Array | None = None, input_noise: float = 0.0):
+             deterministic: bool, rng: jax.Array | None = None, input_noise: float = 0.0,
+             input_blank: float = 0.0):
   """Teacher-forced logits and the batch's `TeacherForcing`; with `deterministic=False` also
-  the updated BatchNorm statistics, and `input_noise` of the decoder's input codes replaced by
-  random ones (`corrupt_codes`; the targets stay)."""
+  the updated BatchNorm statistics, and `input_noise` of the decoder's input codes and all of
+  them in `input_blank` of the examples replaced by random ones (`corrupt_codes`; the targets
+  stay)."""
   c = model.config
   forcing = teacher_forcing(c, batch["answer"], batch["answer_lengths"])
   if compute_dtype == "bfloat16":
     variables = {**variables, "params": jax.tree.map(lambda p: p.astype(jnp.bfloat16),
                                                      variables["params"])}
   decoder_input = forcing.decoder_input
-  if not deterministic and input_noise > 0:  # (the dropout stream is unchanged without noise)
-    rng, noise_rng = jax.random.split(rng)
-    decoder_input = corrupt_codes(noise_rng, decoder_input, input_noise, c.vocab_size)
+  if not deterministic and (input_noise > 0 or input_blank > 0):
+    rng, noise_rng = jax.random.split(rng)  # (the dropout stream is unchanged without noise)
+    decoder_input = corrupt_codes(noise_rng, decoder_input, input_noise, c.vocab_size,
+                                  input_blank)
   args = (batch["question"], decoder_input, batch["speaker"], batch["emotion"])
   if deterministic:
     return model.apply(variables, *args), forcing, None
@@ -174,6 +182,17 @@ def _level_weights(config: ml_collections.ConfigDict) -> tuple[float, ...] | Non
     raise ValueError(f"loss.level_weights needs {config.model.num_quantizers} entries "
                      f"(one per level), got {len(weights)}")
   return weights or None
+
+
+def answer_start_emphasis(config: ml_collections.ConfigDict, length: int) -> jax.Array | None:
+  """Loss weight `[L]` of each decoder position: `loss.answer_start_weight` for the first
+  `loss.answer_start_frames`, 1 after them; None when off (the original's uniform mean)."""
+  frames, weight = config.loss.answer_start_frames, config.loss.answer_start_weight
+  if frames <= 0 or weight == 1.0:
+    return None
+  if weight <= 0:
+    raise ValueError(f"loss.answer_start_weight must be positive, got {weight}")
+  return jnp.where(jnp.arange(length) < frames, weight, 1.0).astype(jnp.float32)
 
 
 def end_of_speech_hits(c: S2SConfig, logits: jax.Array, forcing) -> dict[str, jax.Array]:
@@ -214,9 +233,10 @@ def make_train_step(config: ml_collections.ConfigDict, params: Any
       logits, forcing, batch_stats = _forward(
           model, {"params": params, "batch_stats": state["batch_stats"]}, batch,
           config.compute_dtype, deterministic=False, rng=rng,
-          input_noise=config.decoder_input_noise)
-      loss, sums = losses.masked_cross_entropy(logits, forcing.targets, forcing.weights,
-                                               config.loss.label_smoothing, level_weights)
+          input_noise=config.decoder_input_noise, input_blank=config.decoder_input_blank)
+      loss, sums = losses.masked_cross_entropy(
+          logits, forcing.targets, forcing.weights, config.loss.label_smoothing, level_weights,
+          answer_start_emphasis(config, forcing.targets.shape[-1]))
       return loss, (sums, end_of_speech_hits(c, logits, forcing), batch_stats)
 
     (loss, (sums, eos, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
