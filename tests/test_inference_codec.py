@@ -42,7 +42,7 @@ def test_padded_buckets_and_batches_equal_unpadded_inputs(smoke_checkpoint):
   codec = inference_codec.load_codec(path, bucket_seconds=0.5)
   model = Codec(**config.codec)
   variables = {"params": state["gen"]["params"], "vq": state["gen"]["vq"]}
-  for length in (3001, 8000, 12345):
+  for length in (3001, 12345):  # padded to one bucket, and to two
     wave = speechlike(2, length, seed=length)
     expected = model.apply(variables, jnp.asarray(wave), method=Codec.encode)
     np.testing.assert_array_equal(codec.encode(wave), expected)
