@@ -26,7 +26,8 @@ Variants (`configs/s2s.py:VARIANT`):
                 converted original checkpoint: `--config.init_from=CONVERTED`).
   demo          a small model, stage 1 on the bundled sample corpus (encoded once and cached).
   conversation_demo  the demo's model, stage 2 on the 50 Hz code pairs of the conversation demo
-                (`python tools/conversation_demo.py`, which runs it), with decoder input noise.
+                (`python tools/conversation_demo.py`, which runs it), with decoder input noise
+                and the answers' first frames weighted up.
   smoke         a tiny model and a few steps, for tests (on the sample corpus's codes).
 
 The model is the original's size (512 hidden, 8 heads, 6 + 6 layers, 1024 codes x 8 levels) with
@@ -176,5 +177,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       config.eval_every = config.checkpoint_every = 500
       config.sample_max_frames = 320
       config.decoder_input_noise = 0.1
+      # Every training answer's level-0 codes differ from all others' by frame 19: these first
+      # frames are where the question decides (README "The conversation demo").
+      config.loss.answer_start_frames = 24
+      config.loss.answer_start_weight = 8.0
   config.lock()
   return config
