@@ -83,6 +83,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Batches are cut to the smallest multiple of this many frames that holds their longest
       # example (each width compiles once).
       bucket_frames=100,
+      # 0, or batches of similar length: the examples of each run of this many batches are
+      # sorted by length before they are batched (less padding; the batches come in random order).
+      length_window=0,
       num_workers=0,  # grain worker processes per host
   ))
 

@@ -287,6 +287,47 @@ def test_s2s_pair_iterator(code_shards):
     assert q_mask.sum() == q_len and a_mask.sum() == a_len
 
 
+def test_length_grouped_pair_batches_regroup_each_window_and_restore_exactly(tmp_path):
+  rng = np.random.default_rng(0)
+  pairs = records.write_code_shards(
+      ({"question": np.full((2, int(rng.integers(2, 30))), i),
+        "answer": np.full((2, int(rng.integers(2, 30))), i)} for i in range(40)),
+      tmp_path / "pairs", split="train", records_per_shard=10)
+  kwargs = dict(batch_size=4, max_question_frames=32, max_answer_frames=32, seed=5,
+                process_index=0, process_count=1)
+
+  def ids(batch):
+    return [int(q[0, 0]) for q in batch["question"]]
+
+  plain = pipelines.s2s_pair_iterator(pairs, **kwargs)
+  grouped = pipelines.s2s_pair_iterator(pairs, **kwargs, length_window=3)
+  for _ in range(4):  # windows of 3 batches, across the first epoch's end (40 records)
+    plain_window = [next(plain) for _ in range(3)]
+    window = [next(grouped) for _ in range(3)]
+    # The same 12 examples as the plain batches of the window, regrouped by length.
+    assert sorted(sum(map(ids, window), [])) == sorted(sum(map(ids, plain_window), []))
+    lengths = sorted([b["question_lengths"] + b["answer_lengths"] for b in window],
+                     key=lambda x: x.min())
+    assert all(a.max() <= b.min() for a, b in zip(lengths, lengths[1:]))
+    for batch in window:
+      assert batch["question"].shape == (4, 2, 32)
+      np.testing.assert_array_equal(batch["question_mask"].sum(1), batch["question_lengths"])
+
+  for consumed in (3, 4):  # at a window's end, and one batch into a window
+    it = pipelines.s2s_pair_iterator(pairs, **kwargs, length_window=3)
+    for _ in range(consumed):
+      next(it)
+    manager = ocp.CheckpointManager(tmp_path / f"ckpt{consumed}", item_names=("data",))
+    manager.save(consumed, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+    manager.wait_until_finished()
+    expected = [ids(next(it)) for _ in range(7)]
+    resumed = pipelines.s2s_pair_iterator(pairs, **kwargs, length_window=3)
+    restorer = ocp.CheckpointManager(tmp_path / f"ckpt{consumed}", item_names=("data",))
+    restorer.restore(consumed,
+                     args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
+    assert [ids(next(resumed)) for _ in range(7)] == expected
+
+
 def test_code_records_reject_bad_input(tmp_path):
   with pytest.raises(ValueError, match=r"expected integer codes \[n_q, frames\]"):
     records.code_record(np.zeros(5, np.int32))

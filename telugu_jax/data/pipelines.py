@@ -214,6 +214,72 @@ def corrupt_records_skipped(iterator: grain.DatasetIterator) -> int:
   return total(iterator.get_state())
 
 
+class LengthGroupedBatch(grain.IterDataset):
+  """Batches of similar length: reads `window` batches' worth of elements, sorts them by
+  `question_lengths + answer_lengths`, cuts them into batches and yields those in a random
+  order (seeded per window). Padding to each batch's longest example then stays small.
+
+  The state is the parent's state at the window's start and the batches already yielded from
+  it: a restored iterator rereads the window and continues exactly.
+  """
+
+  def __init__(self, parent: grain.IterDataset, batch_size: int, window: int, seed: int):
+    super().__init__(parent)
+    self._batch_size, self._window, self._seed = batch_size, window, seed
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _LengthGroupedBatchIterator(self._parent.__iter__(), self._batch_size, self._window,
+                                       self._seed)
+
+  def __str__(self) -> str:
+    return f"LengthGroupedBatch(batch_size={self._batch_size}, window={self._window})"
+
+
+class _LengthGroupedBatchIterator(grain.DatasetIterator):
+
+  def __init__(self, parent: grain.DatasetIterator, batch_size: int, window: int, seed: int):
+    super().__init__(parent)
+    self._batch_size, self._window, self._seed = batch_size, window, seed
+    self._window_index = 0  # windows read so far
+    self._window_start: Any = None  # the parent's state before the current window
+    self._batches: list[list[dict[str, np.ndarray]]] = []
+    self._emitted = 0
+
+  def _read_window(self) -> None:
+    self._window_start = self._parent.get_state()
+    elements = [next(self._parent) for _ in range(self._batch_size * self._window)]
+    order = sorted(range(len(elements)), key=lambda i: (
+        int(elements[i]["question_lengths"]) + int(elements[i]["answer_lengths"]), i))
+    batches = [[elements[i] for i in order[k:k + self._batch_size]]
+               for k in range(0, len(order), self._batch_size)]
+    shuffle = np.random.default_rng([self._seed, self._window_index]).permutation(len(batches))
+    self._batches = [batches[k] for k in shuffle]
+    self._window_index += 1
+    self._emitted = 0
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._emitted == len(self._batches):
+      self._read_window()
+    batch = self._batches[self._emitted]
+    self._emitted += 1
+    return {key: np.stack([element[key] for element in batch]) for key in batch[0]}
+
+  def get_state(self) -> dict[str, Any]:
+    if self._emitted == len(self._batches):  # between windows
+      return {"parent": self._parent.get_state(), "window_index": self._window_index,
+              "emitted": 0}
+    return {"parent": self._window_start, "window_index": self._window_index - 1,
+            "emitted": self._emitted}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state["parent"])
+    self._window_index = int(state["window_index"])
+    self._batches, self._emitted = [], 0
+    if int(state["emitted"]):
+      self._read_window()
+      self._emitted = int(state["emitted"])
+
+
 # ----------------------------------------------------------------------------------------------
 # Process sharding and the shared training-pipeline skeleton.
 
@@ -238,9 +304,12 @@ def _training_iterator(
     num_workers: int,
     process_index: int | None,
     process_count: int | None,
+    length_window: int = 0,
 ) -> grain.DatasetIterator:
   if batch_size <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
+  if length_window < 0:
+    raise ValueError(f"length_window must be >= 0, got {length_window}")
   index, count = _resolve_processes(process_index, process_count)
   source = RecordSource(sources)
   if len(source) < count:
@@ -254,7 +323,10 @@ def _training_iterator(
       grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=2 * batch_size)
   )
   it = SkipCorrupt(it, num_records=len(source) // count)
-  it = it.batch(batch_size, drop_remainder=True)
+  if length_window:
+    it = LengthGroupedBatch(it, batch_size, length_window, seed)
+  else:
+    it = it.batch(batch_size, drop_remainder=True)
   if num_workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return iter(it)
@@ -645,6 +717,7 @@ def s2s_pair_iterator(
     num_workers: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
+    length_window: int = 0,
 ) -> grain.DatasetIterator:
   """Infinite, shuffled batches of question->answer code pairs for S2S stage 2.
 
@@ -660,6 +733,8 @@ def s2s_pair_iterator(
     num_workers: grain worker processes (0 = in this process).
     process_index: this process's index (default `jax.process_index()`).
     process_count: number of processes (default `jax.process_count()`).
+    length_window: 0, or batches of similar length: the examples of each run of
+      `length_window` batches sorted by length before batching (`LengthGroupedBatch`).
 
   Returns:
     A grain `DatasetIterator` of `{"question": int32 [B, n_q, Fq], "question_mask": bool [B, Fq],
@@ -674,6 +749,7 @@ def s2s_pair_iterator(
       num_workers=num_workers,
       process_index=process_index,
       process_count=process_count,
+      length_window=length_window,
   )
 
 
@@ -691,6 +767,7 @@ def s2s_split_iterator(
     num_workers: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
+    length_window: int = 0,
 ) -> grain.DatasetIterator:
   """Infinite, shuffled batches of utterances cut in two at a random point (S2S stage 1):
   the encoder reads the part before the cut, the decoder predicts the rest (`UtteranceSplit`).
@@ -704,6 +781,7 @@ def s2s_split_iterator(
       num_workers=num_workers,
       process_index=process_index,
       process_count=process_count,
+      length_window=length_window,
   )
 
 

@@ -467,7 +467,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   common = dict(batch_size=local_batch, max_question_frames=d.max_question_frames,
                 max_answer_frames=d.max_answer_frames, num_quantizers=c.num_quantizers,
                 vocab_size=c.vocab_size, pad_value=c.pad_id, seed=config.seed,
-                num_workers=d.num_workers)
+                num_workers=d.num_workers, length_window=d.length_window)
   if data_kind(config) == "utterances":
     train_iter = pipelines.s2s_split_iterator(train_shards, **common,
                                               min_question_frames=d.min_question_frames)
