@@ -10,7 +10,7 @@ import pytest
 
 from telugu_jax.inference import generation
 from telugu_jax.models.s2s import teacher_forcing, undelay
-from test_s2s_model import TINY, random_codes, random_variables
+from test_s2s_model import TINY, encode, random_codes, random_variables
 
 GREEDY = generation.Sampling.make(temperature=0.0)
 
@@ -151,3 +151,49 @@ def test_long_context_compiles_the_step_once(tiny):
     next(frames)
   assert generation.advance._cache_size() == compiled
   frames.close()
+
+
+def test_incremental_encoder_equals_the_whole_question_however_it_arrives(tiny):
+  """Codes pushed in random pieces, past the question's end too (a turn's end is decided after
+  it): `finish(frames)` gives the encoder output of the first `frames` frames (the masked full
+  `encode`, padded to the bucket width), and decoding from it gives `stream`'s frames."""
+  model, variables = tiny
+  c = model.config  # chunk_size 5, lookahead 2
+  codes = np.asarray(random_codes(c, (8, 40), 12))
+  speaker = jnp.zeros(1, jnp.int32)
+  encoder = generation.IncrementalEncoder(model, variables, 0, 0, capacity=40, keep_steps=2)
+  rng = np.random.default_rng(0)
+  for frames, extra in ((23, 0), (23, 4), (17, 12), (3, 0), (10, 9), (40, 0)):
+    pushed = 0
+    while pushed < frames + extra:
+      size = int(rng.integers(0, 7))
+      encoder.push(codes[:, pushed:min(pushed + size, frames + extra)])
+      pushed = min(pushed + size, frames + extra)
+    width = 45
+    memory, mask = encoder.finish(frames, width)
+    question = jnp.asarray(codes[None, :, :frames])
+    padded = jnp.pad(question, ((0, 0), (0, 0), (0, width - frames)), constant_values=c.pad_id)
+    expected, expected_mask = encode(model, variables, padded, speaker)
+    np.testing.assert_array_equal(mask, expected_mask)
+    np.testing.assert_allclose(np.asarray(memory)[0, :frames], np.asarray(expected)[0, :frames],
+                               atol=2e-5, rtol=1e-5, err_msg=f"{frames} + {extra} frames")
+    assert not np.asarray(memory)[0, frames:].any()
+  # More frames pushed than the kept states can undo: re-encoded from the start.
+  encoder.push(codes)
+  memory, _ = encoder.finish(6, 10)
+  expected, _ = encode(model, variables, jnp.pad(jnp.asarray(codes[None, :, :6]),
+                                                 ((0, 0), (0, 0), (0, 4)), constant_values=c.pad_id),
+                       speaker)
+  np.testing.assert_allclose(np.asarray(memory)[0, :6], np.asarray(expected)[0, :6], atol=2e-5)
+  # Decoding from the incremental memory: the frames of `stream` on the padded question.
+  encoder.push(codes[:, :30])
+  memory, mask = encoder.finish(23, 30)
+  style = model.apply(variables, speaker, speaker, method="style")
+  state = generation.state_from_memory(model, variables, style, memory, mask, jnp.int32(0),
+                                       max_frames=12)
+  frames = list(generation.stream_from_state(model, variables, state, GREEDY, max_frames=12))
+  padded = jnp.pad(jnp.asarray(codes[None, :, :23]), ((0, 0), (0, 0), (0, 7)),
+                   constant_values=c.pad_id)
+  np.testing.assert_array_equal(frames, list(stream(model, variables, padded)))
+  with pytest.raises(ValueError, match="no code frames"):
+    encoder.finish(5)

@@ -126,6 +126,22 @@ def encode_in_chunks(model: S2STransformer, variables: Variables, input_codes: j
   return memory, jnp.arange(s)[None, :] < lengths[:, None]
 
 
+def _decoding_state(model: S2STransformer, variables: Variables, style: jax.Array,
+                    memory: jax.Array, memory_mask: jax.Array, seed: jax.Array,
+                    max_frames: int) -> State:
+  c = model.config
+  steps = max_frames + c.max_delay
+  b = memory.shape[0]
+  return {
+      "cache": model.apply(variables, style, memory, memory_mask, steps, method="init_cache"),
+      "tokens": jnp.full((b, c.num_quantizers), c.start_id, jnp.int32),
+      "index": jnp.zeros((), jnp.int32),
+      "lengths": jnp.full((b,), max_frames, jnp.int32),
+      "buffer": jnp.full((b, c.num_quantizers, steps), c.pad_id, jnp.int32),
+      "key": jax.random.key(seed),
+  }
+
+
 @functools.partial(jax.jit, static_argnames=("model", "max_frames"))
 def init_state(model: S2STransformer, variables: Variables, input_codes: jax.Array,
                speaker: jax.Array, emotion: jax.Array, seed: jax.Array, max_frames: int) -> State:
@@ -137,16 +153,136 @@ def init_state(model: S2STransformer, variables: Variables, input_codes: jax.Arr
     memory_mask = jnp.ones(memory.shape[:2], bool)
   else:
     memory, memory_mask = encode_in_chunks(model, variables, input_codes, style)
-  steps = max_frames + c.max_delay
-  b = input_codes.shape[0]
-  return {
-      "cache": model.apply(variables, style, memory, memory_mask, steps, method="init_cache"),
-      "tokens": jnp.full((b, c.num_quantizers), c.start_id, jnp.int32),
-      "index": jnp.zeros((), jnp.int32),
-      "lengths": jnp.full((b,), max_frames, jnp.int32),
-      "buffer": jnp.full((b, c.num_quantizers, steps), c.pad_id, jnp.int32),
-      "key": jax.random.key(seed),
-  }
+  return _decoding_state(model, variables, style, memory, memory_mask, seed, max_frames)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_frames"))
+def state_from_memory(model: S2STransformer, variables: Variables, style: jax.Array,
+                      memory: jax.Array, memory_mask: jax.Array, seed: jax.Array,
+                      max_frames: int) -> State:
+  """The decoding state for an encoder output `memory [B, S, D]` (frame mask `[B, S]`) computed
+  beforehand, e.g. by `IncrementalEncoder` while the question was spoken."""
+  return _decoding_state(model, variables, style, memory, memory_mask, seed, max_frames)
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def _style(model: S2STransformer, variables: Variables, speaker: jax.Array, emotion: jax.Array
+           ) -> jax.Array:
+  return model.apply(variables, speaker, emotion, method="style")
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def _encode_chunk(model: S2STransformer, variables: Variables, codes: jax.Array,
+                  style: jax.Array, state: dict[str, Any], available: jax.Array
+                  ) -> tuple[jax.Array, dict[str, Any]]:
+  return model.apply(variables, codes, style, state, available, method="encode_chunks")
+
+
+class IncrementalEncoder:
+  """Fixed variant, batch 1: the S2S encoder run on a question's codes while they arrive.
+
+      encoder = IncrementalEncoder(model, variables, speaker, emotion, capacity=750)
+      encoder.push(codes)                      # int32 [Q, k], as the codec streams them
+      memory, mask = encoder.finish(frames)    # the question is its first `frames` frames
+
+  Each whole chunk (`chunk_size` frames) runs as soon as its lookahead frames have arrived (one
+  jitted `encode_chunks` step of one chunk: one program for every question). Frames pushed
+  beyond the question's end are allowed (a turn's end is often decided after it): `finish`
+  goes back to the last state whose chunks read no frame at or past `frames` (the last
+  `keep_steps` states are kept; further back it re-encodes from the start) and runs the rest
+  with the question's true length, so the memory equals `encode_in_chunks` of the first
+  `frames` frames (up to float rounding), with masked zeros from frame `frames` to `width`.
+
+  Args:
+    model, variables: the S2S model (fixed variant).
+    speaker, emotion: style ids.
+    capacity: the longest question in frames.
+    keep_steps: chunk steps that `finish` can undo without re-encoding.
+  """
+
+  def __init__(self, model: S2STransformer, variables: Variables, speaker: int, emotion: int,
+               capacity: int, keep_steps: int = 4):
+    c = model.config
+    if c.is_original:
+      raise ValueError("the original variant's decoder does not read the encoder: nothing to "
+                       "encode incrementally")
+    self.model, self.variables, self.config = model, variables, c
+    self.capacity, self.keep_steps = round_up(max(1, capacity), c.chunk_size), keep_steps
+    self.style = _style(model, variables, jnp.full((1,), speaker, jnp.int32),
+                        jnp.full((1,), emotion, jnp.int32))
+    self._initial = init_encoder_state(c, 1, self.capacity)
+    self.reset()
+
+  def reset(self) -> None:
+    """Forgets the question: the next push starts a new one."""
+    c = self.config
+    self._codes = np.full((c.num_quantizers, self.capacity + c.chunk_size + c.lookahead),
+                          c.pad_id, np.int32)
+    self._received = 0
+    self._outputs: list[jax.Array] = []  # one [1, chunk_size, D] per chunk encoded
+    self._states = [self._initial]  # the state before chunk len(_outputs) - len(_states) + 1..
+
+  @property
+  def codes(self) -> np.ndarray:
+    """The codes pushed so far, int32 `[Q, k]`."""
+    return self._codes[:, :self._received].copy()
+
+  @property
+  def frames_encoded(self) -> int:
+    return len(self._outputs) * self.config.chunk_size
+
+  def _run_chunk(self, available: int) -> None:
+    c = self.config
+    start = self.frames_encoded
+    codes = self._codes[None, :, start:start + c.chunk_size + c.lookahead]
+    out, state = _encode_chunk(self.model, self.variables, jnp.asarray(codes), self.style,
+                               self._states[-1], jnp.int32(available))
+    self._outputs.append(out)
+    self._states = (self._states + [state])[-(self.keep_steps + 1):]
+
+  def push(self, codes: np.ndarray) -> None:
+    """Appends int32 codes `[Q, k]` and encodes every chunk whose lookahead has arrived (codes
+    past `capacity` frames are ignored)."""
+    c = self.config
+    k = max(0, min(codes.shape[1], self.capacity - self._received))
+    self._codes[:, self._received:self._received + k] = codes[:, :k]
+    self._received += k
+    while (self.frames_encoded + c.chunk_size + c.lookahead <= self._received
+           and self.frames_encoded < self.capacity):
+      self._run_chunk(self._received)
+
+  def finish(self, frames: int, width: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """The encoder output `[1, width, D]` and mask `[1, width]` of the question's first `frames`
+    frames (at most the frames pushed); `width` defaults to `frames`. Then starts anew."""
+    c = self.config
+    frames = min(frames, self._received)
+    if frames < 1:
+      raise ValueError("the question has no code frames")
+    # Chunks whose window (the chunk and its lookahead) reaches past the question's end read
+    # frames that are not part of it: undo them.
+    valid = 0
+    while (valid + 1) * c.chunk_size + c.lookahead <= frames:
+      valid += 1
+    valid = min(valid, len(self._outputs))
+    undo = len(self._outputs) - valid
+    if undo >= len(self._states):
+      codes = self._codes.copy()
+      self.reset()
+      self._codes = codes
+    else:
+      self._outputs = self._outputs[:valid]
+      self._states = self._states[:len(self._states) - undo]
+    self._codes[:, frames:] = c.pad_id
+    self._received = frames
+    while self.frames_encoded < frames:
+      self._run_chunk(frames)
+    width = frames if width is None else width
+    memory = jnp.concatenate(self._outputs, axis=1)[:, :width]
+    memory = jnp.pad(memory, ((0, 0), (0, width - memory.shape[1]), (0, 0)))
+    mask = jnp.arange(width)[None, :] < frames
+    memory = jnp.where(mask[..., None], memory, 0.0)
+    self.reset()
+    return memory, mask
 
 
 def _step(model: S2STransformer, variables: Variables, state: State, sampling: Sampling) -> State:
@@ -228,9 +364,18 @@ def stream(model: S2STransformer, variables: Variables, input_codes: jax.Array,
   """
   if frames_per_call < 1:
     raise ValueError(f"frames_per_call must be at least 1, got {frames_per_call}")
+  state = init_state(model, variables, input_codes, speaker, emotion, seed, max_frames)
+  yield from stream_from_state(model, variables, state, sampling, max_frames, frames_per_call)
+
+
+def stream_from_state(model: S2STransformer, variables: Variables, state: State,
+                      sampling: Sampling, max_frames: int, frames_per_call: int = 4
+                      ) -> Iterator[np.ndarray]:
+  """`stream` from a decoding state (`init_state` or `state_from_memory`), which it donates."""
+  if frames_per_call < 1:
+    raise ValueError(f"frames_per_call must be at least 1, got {frames_per_call}")
   c = model.config
   total_steps = max_frames + c.max_delay
-  state = init_state(model, variables, input_codes, speaker, emotion, seed, max_frames)
   done = decided = 0  # steps decoded; frames whose every level those steps decide
   while done < total_steps:
     done = min(done + frames_per_call, total_steps)
