@@ -27,13 +27,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_SECONDS = "0.15"  # 30 frames: every answer fits one decode bucket, generation compiles once
 
 
-def save_tiny_models(directory, vocab_size: int = 32) -> tuple[str, str]:
-  """A random smoke codec (8 levels of 32 codes) and a smoke S2S model of `vocab_size` codes,
-  saved as converted checkpoints in `directory/codec` and `directory/s2s`.
+def save_tiny_models(directory, vocab_size: int = 32, causal: bool = False) -> tuple[str, str]:
+  """A random smoke codec (8 levels of 32 codes; `causal`: `streaming_smoke`) and a smoke S2S
+  model of `vocab_size` codes, saved as converted checkpoints in `directory/codec` and
+  `directory/s2s`.
 
   Weights are drawn in the shapes `init` would give (no compilation); Snake's `alpha` is 1.
   """
-  config = codec_configs.get_config("smoke")
+  config = codec_configs.get_config("streaming_smoke" if causal else "smoke")
   shapes = jax.eval_shape(Codec(**config.codec).init, jax.random.key(0), jnp.zeros((1, 4000)))
   rng = np.random.default_rng(0)
   variables = jax.tree_util.tree_map_with_path(

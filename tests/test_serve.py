@@ -73,10 +73,11 @@ def silence(seconds: float) -> bytes:
 
 
 @contextlib.contextmanager
-def running_server(directory: str, *args: str):
-  """`python -m telugu_jax.serve` with the tiny codec and the endless S2S model on a free port,
-  with `args`: yields (its http URL, its log file); checks a clean shutdown at the end."""
-  codec_dir, _ = save_tiny_models(directory)
+def running_server(directory: str, *args: str, causal: bool = False):
+  """`python -m telugu_jax.serve` with the tiny codec (`causal`: the streaming one) and the
+  endless S2S model on a free port, with `args`: yields (its http URL, its log file); checks a
+  clean shutdown at the end."""
+  codec_dir, _ = save_tiny_models(directory, causal=causal)
   s2s_dir = save_endless_s2s(os.path.join(directory, "endless"))
   log_path = os.path.join(directory, "serve.log")
   with open(log_path, "w") as log:
@@ -199,6 +200,36 @@ def test_turns_on_real_speech_by_silence_and_by_end_of_turn(server):
       del start
 
   asyncio.run(run())
+
+
+def test_a_causal_codec_encodes_the_question_while_it_is_spoken(tmp_path):
+  """With the causal codec the question is encoded as it arrives: at the end of the turn only
+  its last pieces are left, and the answer is whole."""
+  speech_seconds = 1.6
+  with running_server(str(tmp_path), "--warmup_seconds=3", "--lead_seconds=0",
+                      f"--silence_ms={SILENCE_MS}", "--level_seconds=0.5", "--max_turn_seconds=4",
+                      causal=True) as (url, log_path):
+
+    async def run():
+      async with aiohttp.ClientSession() as session, connect(session, url) as ws:
+        await receive(ws)
+        question = pcm(speech("common_voice_te_42973996.mp3", speech_seconds))
+        for i in range(0, len(question), 3200):  # 100 ms messages, 4x real time
+          await ws.send_bytes(question[i:i + 3200])
+          await asyncio.sleep(0.025)
+        await ws.send_str(json.dumps({"type": "end_of_turn"}))
+        chunks = []
+        _, end, response, done = await expect(
+            ws, "speech_start", "speech_end", "response_start", "response_end",
+            audio_chunks=chunks)
+        assert end["reason"] == "end_of_turn"
+        assert 0.5 <= response["streamed_seconds"] <= end["seconds"]
+        assert done["frames"] == FRAMES and not done["interrupted"]
+        wave = np.frombuffer(b"".join(chunks), "<i2")
+        assert wave.size == FRAMES * 80 and np.abs(wave).max() > 100  # causal: 80 samples/frame
+
+    asyncio.run(run())
+    assert "questions encoded while spoken" in open(log_path).read()
 
 
 def test_barge_in_stops_the_answer(server):

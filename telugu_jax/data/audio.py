@@ -162,6 +162,26 @@ def load_audio(
   return resample(to_mono(samples), rate, sample_rate)
 
 
+def level_gains(
+    wave: np.ndarray,
+    target_rms: float = TARGET_RMS,
+    *,
+    silence_rms: float = 1e-8,
+    peak_limit: float = 1.0,
+    peak_target: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray]:
+  """The two float32 gains `[..., 1]` of `normalize_rms` (RMS, then peak), applied in that
+  order: `normalize_rms(w) == w * rms_gain * peak_gain`. A stream that cannot see the whole
+  utterance applies the gains of its beginning to the rest."""
+  wave = np.asarray(wave, np.float32)
+  rms = np.sqrt(np.mean(np.square(wave, dtype=np.float64), axis=-1, keepdims=True))
+  gain = np.where(rms > silence_rms, target_rms / np.maximum(rms, silence_rms), 1.0)
+  gain = gain.astype(np.float32)
+  peak = np.max(np.abs(wave * gain), axis=-1, keepdims=True).astype(np.float64)
+  peak_gain = np.where(peak > peak_limit, peak_target / np.maximum(peak, 1e-30), 1.0)
+  return gain, peak_gain.astype(np.float32)
+
+
 def normalize_rms(
     wave: np.ndarray,
     target_rms: float = TARGET_RMS,
@@ -187,12 +207,9 @@ def normalize_rms(
     float32 array of the same shape.
   """
   wave = np.asarray(wave, np.float32)
-  rms = np.sqrt(np.mean(np.square(wave, dtype=np.float64), axis=-1, keepdims=True))
-  gain = np.where(rms > silence_rms, target_rms / np.maximum(rms, silence_rms), 1.0)
-  scaled = wave * gain.astype(np.float32)
-  peak = np.max(np.abs(scaled), axis=-1, keepdims=True).astype(np.float64)
-  peak_gain = np.where(peak > peak_limit, peak_target / np.maximum(peak, 1e-30), 1.0)
-  return (scaled * peak_gain.astype(np.float32)).astype(np.float32)
+  gain, peak_gain = level_gains(wave, target_rms, silence_rms=silence_rms,
+                                peak_limit=peak_limit, peak_target=peak_target)
+  return (wave * gain * peak_gain).astype(np.float32)
 
 
 def crop_or_pad(wave: np.ndarray, length: int, start: int = 0) -> np.ndarray:

@@ -116,6 +116,11 @@ class Responder:
     Raises:
       QuestionError: empty, silent, non-finite, or shorter than one code frame.
     """
+    return audio.normalize_rms(self.check(wave, sample_rate))
+
+  def check(self, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """`prepare` without the level normalisation: mono float32 `[T]` at 16 kHz, or a
+    QuestionError."""
     wave = np.asarray(wave, np.float32)
     if wave.ndim not in (1, 2):
       raise QuestionError(f"expected audio [T] or [T, channels], got shape {wave.shape}")
@@ -131,7 +136,7 @@ class Responder:
     if self.codec.num_frames(wave.size) < 1:
       raise QuestionError(f"{wave.size / SAMPLE_RATE * 1000:.1f} ms of audio, shorter than one "
                           "code frame")
-    return audio.normalize_rms(wave)
+    return wave
 
   def question_codes(self, codes: np.ndarray) -> np.ndarray:
     """Pads the fixed variant's question codes to a length bucket with the padding id."""

@@ -42,10 +42,20 @@ def _parser() -> argparse.ArgumentParser:
   g.add_argument("--frames_per_call", type=int, default=4, help="S2S steps per device call")
   g.add_argument("--first_push_frames", type=int, default=0,
                  help="frames in the first decoded chunk (0: decoder lookahead + frames_per_call)")
-  g.add_argument("--push_frames", type=int, default=16, help="frames per later decoded chunk")
+  g.add_argument("--push_frames", type=int, default=0,
+                 help="frames per later decoded chunk (0: 80 ms of frames)")
   g.add_argument("--warmup_seconds", type=float, default=None,
                  help="compile question lengths up to this before serving (default "
                  "--max_turn_seconds; 0 = none, compile on first use)")
+  q = p.add_argument_group("questions")
+  q.add_argument("--stream_question", action=argparse.BooleanOptionalAction, default=True,
+                 help="encode the question while it is spoken (causal codec and fixed S2S "
+                 "variant; otherwise the whole question is encoded at the end of the turn)")
+  q.add_argument("--level_seconds", type=float, default=1.0,
+                 help="a streamed question's level is normalised with the gains of its first "
+                 "this many seconds")
+  q.add_argument("--question_push_ms", type=float, default=160.0,
+                 help="a streamed question goes to the models in pieces of this many ms")
   t = p.add_argument_group("turn-taking and limits")
   t.add_argument("--silence_ms", type=float, default=600.0, help="silence that ends a turn")
   t.add_argument("--min_speech_ms", type=float, default=96.0, help="speech that starts a turn")
@@ -103,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         max_message_bytes=args.max_message_bytes, max_turn_seconds=args.max_turn_seconds,
         idle_seconds=args.idle_seconds, max_sessions=args.max_sessions,
         lead_seconds=args.lead_seconds)
+    questions = engine_lib.QuestionSettings(
+        stream=args.stream_question, level_seconds=args.level_seconds,
+        push_ms=args.question_push_ms,
+        max_seconds=args.max_turn_seconds + (limits.pre_roll_ms + limits.tail_ms) / 1000)
     if min(args.max_turn_seconds, args.idle_seconds, args.max_sessions,
            args.max_message_bytes) <= 0 or args.lead_seconds < 0:
       raise ValueError("need positive --max_turn_seconds, --idle_seconds, --max_sessions and "
@@ -117,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
     return 1
   try:
-    engine = engine_lib.Engine(codec, s2s, settings)
+    engine = engine_lib.Engine(codec, s2s, settings, questions)
     app = server.make_app(engine, limits=limits, turn_settings=turn_settings, token=args.token,
                           allowed_origins=tuple(args.allow_origin), speaker=args.speaker,
                           emotion=args.emotion)
@@ -125,9 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: --codec={args.codec} --s2s={args.s2s}: {e}", file=sys.stderr)
     return 1
   c = s2s.config
-  log.info("models: codec %d levels x %d codes, %d samples/frame; S2S %s, %d+%d layers of %d",
-           codec.num_quantizers, codec.codebook_size, engine.responder.hop, c.variant,
-           c.num_encoder_layers, c.num_decoder_layers, c.hidden_dim)
+  log.info("models: codec %d levels x %d codes, %d samples/frame; S2S %s, %d+%d layers of %d; "
+           "questions %s", codec.num_quantizers, codec.codebook_size, engine.responder.hop,
+           c.variant, c.num_encoder_layers, c.num_decoder_layers, c.hidden_dim,
+           "encoded while spoken" if engine.streams_questions else "encoded at the end of the turn")
   warmup = args.max_turn_seconds if args.warmup_seconds is None else args.warmup_seconds
   if warmup > 0:
     budget = engine.warm_up(warmup, log.info)

@@ -31,7 +31,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from telugu_jax.data import records
 from telugu_jax.inference.respond import QuestionError
 from telugu_jax.serve import vad as vad_lib
-from telugu_jax.serve.engine import SAMPLE_RATE, Answer, Engine
+from telugu_jax.serve.engine import SAMPLE_RATE, Answer, Engine, QuestionStream
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 log = logging.getLogger("telugu_jax.serve")
@@ -88,6 +88,10 @@ class Session:
     self._first = 0
     self._buffered = 0
     self._speech_start: int | None = None  # sample where the current speech started
+    # The question being encoded while it is spoken (Engine.streams_questions): its first
+    # sample and the next sample to push to it.
+    self._question: QuestionStream | None = None
+    self._question_start = self._question_pushed = 0
 
   # Sending. A closed connection makes every later send a no-op.
 
@@ -142,6 +146,7 @@ class Session:
           break
     finally:
       await self.stop_answer()
+      self.drop_question()
 
   async def on_text(self, text: str) -> None:
     try:
@@ -186,6 +191,7 @@ class Session:
       if event.kind == "start":
         await self.stop_answer()  # barge-in
         self._speech_start = event.sample
+        self.open_question()
         log.info("%s: speech started at %.2f s", self.name, event.sample / SAMPLE_RATE)
         await self.send({"type": "speech_start"})
       else:
@@ -196,6 +202,37 @@ class Session:
         - self._speech_start >= self.limits.max_turn_seconds * SAMPLE_RATE):
       self.turns.end()
       await self.take_turn(self.turns.samples, "max_turn")
+    self.push_question()
+
+  def _turn_start(self) -> int:
+    """The first sample of the current question: the pre-roll before the detected speech, or
+    the first buffered sample."""
+    start = self._speech_start - int(self.limits.pre_roll_ms * SAMPLE_RATE / 1000)
+    return max(start, self._first)
+
+  def open_question(self) -> None:
+    """Starts encoding the question while it is spoken (when the engine streams questions)."""
+    self.drop_question()
+    if self.engine.streams_questions:
+      self._question = QuestionStream(self.engine, self.speaker, self.emotion)
+      self._question_start = self._question_pushed = self._turn_start()
+
+  def push_question(self, force: bool = False) -> None:
+    """Hands the audio received since the last push to the question stream (model thread), in
+    pieces of at least `push_ms`."""
+    if self._question is None:
+      return
+    piece = self.engine.questions.push_ms * SAMPLE_RATE / 1000
+    if force or self.turns.samples - self._question_pushed >= piece:
+      samples = self._audio(self._question_pushed, self.turns.samples)
+      if samples.size:
+        self.engine.submit(self._question.push, samples)
+        self._question_pushed += samples.size
+
+  def drop_question(self) -> None:
+    if self._question is not None:
+      self.engine.submit(self._question.close)
+      self._question = None
 
   async def end_of_turn(self) -> None:
     if self.turns.speaking:
@@ -226,13 +263,17 @@ class Session:
     """
     decided = time.perf_counter()
     if self._speech_start is not None:
-      start = self._speech_start - int(self.limits.pre_roll_ms * SAMPLE_RATE / 1000)
+      start = self._turn_start()
     else:  # an explicit end of turn without detected speech: everything since the last turn
       start = self._first
     question = self._audio(start, end)
     rest = self._audio(end, self.turns.samples)
     self._chunks, self._first, self._buffered = [rest], end, rest.size
     self._speech_start = None
+    stream, self._question = self._question, None
+    if stream is not None and self._question_start != start:
+      self.engine.submit(stream.close)  # the buffer lost the stream's start: encode it whole
+      stream = None
     await self.stop_answer()
     log.info("%s: turn %d ended (%s), %.2f s of audio", self.name, self.turn + 1, reason,
              question.size / SAMPLE_RATE)
@@ -240,7 +281,7 @@ class Session:
                      "seconds": round(question.size / SAMPLE_RATE, 3),
                      "silence_ms": round(silence_ms, 1)})
     self.turn += 1
-    self.answer_task = asyncio.create_task(self.answer(question, decided))
+    self.answer_task = asyncio.create_task(self.answer(question, decided, stream))
 
   async def stop_answer(self) -> None:
     """Stops the answer in progress, if any (it sends `response_end` with `interrupted`)."""
@@ -252,24 +293,30 @@ class Session:
       except asyncio.CancelledError:
         pass
 
-  async def answer(self, question: np.ndarray, decided: float) -> None:
-    """Generates and streams the answer to `question`; `decided` is when the turn ended.
+  async def answer(self, question: np.ndarray, decided: float,
+                   stream: QuestionStream | None = None) -> None:
+    """Generates and streams the answer to `question`; `decided` is when the turn ended;
+    `stream` holds the question's beginning, encoded while it was spoken.
 
     Every turn ends in exactly one `error` (an unanswerable question) or `response_end` (with
     `interrupted` when barge-in or `end_of_turn` stopped it; `response_start` precedes it unless
     the answer was stopped before its first audio).
     """
     engine = self.engine
-    answer = Answer(engine, question, self.speaker, self.emotion, seed=self.turn)
+    answer = Answer(engine, question, self.speaker, self.emotion, seed=self.turn,
+                    question=stream)
     budget: dict[str, float] = {}
     sent, first = 0, None
     interrupted = failed = False
+    streamed = None
     try:
       queued = time.perf_counter()
       timings = await engine.call(answer.start)
-      work = timings["prepare_ms"] + timings["encode_ms"]
+      s2s_ms = timings.get("s2s_encoder_ms", 0.0)
+      work = timings["prepare_ms"] + timings["encode_ms"] + s2s_ms
       budget.update(queue_ms=max(0.0, _ms(queued) - work), prepare_ms=timings["prepare_ms"],
-                    encode_ms=timings["encode_ms"], s2s_ms=0.0, decode_ms=0.0)
+                    encode_ms=timings["encode_ms"], s2s_ms=s2s_ms, decode_ms=0.0)
+      streamed = timings.get("streamed_seconds")
       while not answer.done:
         samples, step = await engine.call(answer.step)
         if first is None:
@@ -279,7 +326,7 @@ class Session:
           continue
         if first is None:
           first = time.perf_counter()
-          await self.start_response(decided, budget, answer.frames)
+          await self.start_response(decided, budget, answer.frames, streamed)
         await self.ws.send_bytes(pcm16(samples))
         sent += samples.size
         ahead = sent / SAMPLE_RATE - (time.perf_counter() - first)
@@ -298,7 +345,7 @@ class Session:
       engine.submit(answer.close)
       if not failed:
         if first is None and not interrupted:  # the model ended at once: an empty answer
-          await self.start_response(decided, budget, 0)
+          await self.start_response(decided, budget, 0, streamed)
         seconds = sent / SAMPLE_RATE
         rtf = answer.compute_seconds / seconds if sent else None
         await self.send({"type": "response_end", "frames": answer.frames,
@@ -308,12 +355,17 @@ class Session:
                  self.turn, answer.frames, seconds, "-" if rtf is None else f"{rtf:.2f}",
                  " (interrupted)" if interrupted else "")
 
-  async def start_response(self, decided: float, budget: dict[str, float], frames: int) -> None:
+  async def start_response(self, decided: float, budget: dict[str, float], frames: int,
+                           streamed: float | None) -> None:
     latency = _ms(decided)
-    await self.send({"type": "response_start", "latency_ms": latency, "frames": frames,
-                     "budget": {k: round(v, 1) for k, v in budget.items()}})
-    log.info("%s: answering turn %d, first audio %.0f ms after the end of the turn (%s)",
-             self.name, self.turn, latency, ", ".join(f"{k} {v:.0f}" for k, v in budget.items()))
+    event = {"type": "response_start", "latency_ms": latency, "frames": frames,
+             "budget": {k: round(v, 1) for k, v in budget.items()}}
+    if streamed is not None:
+      event["streamed_seconds"] = round(streamed, 3)
+    await self.send(event)
+    log.info("%s: answering turn %d, first audio %.0f ms after the end of the turn (%s%s)",
+             self.name, self.turn, latency, ", ".join(f"{k} {v:.0f}" for k, v in budget.items()),
+             "" if streamed is None else f"; {streamed:.2f} s of the question encoded during it")
 
 
 def _origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
