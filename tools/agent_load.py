@@ -3,7 +3,7 @@
     python tools/agent_load.py --url=ws://127.0.0.1:8000/ws --clients=4 --clip=question.mp3 \\
         [--turns=3 --end=explicit --token=SECRET --stagger=0]
     # Random full-size checkpoints to measure speed with (no training needed):
-    python tools/agent_load.py --save_random_models=/tmp/full [--causal]
+    python tools/agent_load.py --save_random_models=/tmp/full [--codec_config=lowrate_streaming]
 
 Each client streams the clip (any format, resampled to 16 kHz) in 20 ms chunks at real-time pace,
 then, with `--end=explicit`, sends `end_of_turn` right after the clip's last speech (trailing
@@ -195,10 +195,12 @@ def report(results: list[list[Turn]]) -> str:
   return "\n".join(lines)
 
 
-def save_random_models(directory: str, causal: bool) -> None:
-  """Full-size random checkpoints: the default codec (`configs/codec.py`, causal with
-  `--causal`) and the `configs/s2s.py:pretrain` model, in `directory/codec` and `directory/s2s`.
-  Weights are drawn in the shapes `init` gives (no compilation); for speed measurements only."""
+def save_random_models(directory: str, codec_config: str) -> None:
+  """Full-size random checkpoints: a `configs/codec.py` codec (`codec_config`: "" for the
+  default, the faithful codec; `streaming` or `lowrate_streaming` for causal ones) and the
+  `configs/s2s.py:pretrain` model (its code vocabulary and levels set to the codec's), in
+  `directory/codec` and `directory/s2s`. Weights are drawn in the shapes `init` gives (no
+  compilation); for speed measurements only."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from configs import codec as codec_configs  # pylint: disable=import-outside-toplevel
@@ -220,12 +222,14 @@ def save_random_models(directory: str, causal: bool) -> None:
     fan_in = max(1, int(np.prod(leaf.shape[:-1])))
     return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
 
-  codec = codec_configs.get_config("streaming" if causal else None).codec.to_dict()
+  codec = codec_configs.get_config(codec_config or None).codec.to_dict()
   shapes = jax.eval_shape(Codec(**codec).init, jax.random.key(0), jnp.zeros((1, 4000)))
   checkpoints.save(os.path.join(directory, "codec"), 0,
                    {"gen": jax.tree_util.tree_map_with_path(draw, shapes)},
                    checkpoints.model_meta("codec", codec=codec))
-  config = S2SConfig.from_dict(s2s_configs.get_config("pretrain").model.to_dict())
+  config = S2SConfig.from_dict({**s2s_configs.get_config("pretrain").model.to_dict(),
+                                "num_quantizers": codec["num_quantizers"],
+                                "vocab_size": codec["codebook_size"]})
   codes = jnp.zeros((1, config.num_quantizers, 4), jnp.int32)
   ids = jnp.zeros((1,), jnp.int32)
   shapes = jax.eval_shape(S2STransformer(config).init, jax.random.key(0), codes, codes, ids, ids)
@@ -251,10 +255,12 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--timeout", type=float, default=120.0, help="seconds without a message")
   parser.add_argument("--save_random_models", metavar="DIR",
                       help="only write random full-size checkpoints to DIR")
-  parser.add_argument("--causal", action="store_true", help="with --save_random_models")
+  parser.add_argument("--codec_config", default="",
+                      help="with --save_random_models: a configs/codec.py variant (default: the "
+                      "faithful codec; lowrate_streaming: the causal 50 Hz codec)")
   args = parser.parse_args(argv)
   if args.save_random_models:
-    save_random_models(args.save_random_models, args.causal)
+    save_random_models(args.save_random_models, args.codec_config)
     return 0
   if not args.clip or args.clients < 1 or args.turns < 1:
     parser.error("need --clip, --clients >= 1 and --turns >= 1")

@@ -58,8 +58,9 @@ def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
   return float("inf") if error == 0 else float(10 * np.log10(np.sum(reference ** 2) / error))
 
 
-def build(path: str | None, causal: bool, variables=None):
-  """A loaded checkpoint, or the full-size codec (with `variables`, or freshly initialised)."""
+def build(path: str | None, causal: bool, config: str, variables=None):
+  """A loaded checkpoint, or the full-size `configs/codec.py:config` codec (with `variables`,
+  or freshly initialised)."""
   import jax
   import jax.numpy as jnp
 
@@ -73,7 +74,7 @@ def build(path: str | None, causal: bool, variables=None):
       sys.exit(f"{path}: {'a faithful' if causal else 'a causal'} codec, expected "
                f"{'a causal' if causal else 'a faithful'} one")
     return codec
-  kwargs = {**codec_configs.get_config().codec.to_dict(), "causal": causal}
+  kwargs = {**codec_configs.get_config(config or None).codec.to_dict(), "causal": causal}
   if variables is None:
     variables = jax.jit(Codec(**kwargs).init)(jax.random.key(0), jnp.zeros((1, 800)))
   return inference_codec.CodecModel(kwargs, variables)
@@ -83,6 +84,9 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--causal", default="", help="causal codec checkpoint (default: random)")
   parser.add_argument("--faithful", default="", help="faithful codec checkpoint (default: random)")
+  parser.add_argument("--codec_config", default="",
+                      help="configs/codec.py variant of the random codecs (default: the "
+                      "original sizes; lowrate: the 50 Hz codec)")
   parser.add_argument("--clips", default=str(DEFAULT_CLIPS), help="folder of real speech")
   parser.add_argument("--num_clips", type=int, default=3)
   parser.add_argument("--seconds", type=float, default=4.0, help="seconds of each clip")
@@ -106,7 +110,7 @@ def main() -> None:
         flush=True)
 
   start = time.perf_counter()
-  causal = build(args.causal, True)
+  causal = build(args.causal, True, args.codec_config)
   print(f"causal codec ready in {time.perf_counter() - start:.1f} s "
         f"({'checkpoint' if args.causal else 'random weights, full size'})", flush=True)
   hop = causal.num_samples(1)
@@ -140,7 +144,11 @@ def main() -> None:
         f"ms; a server's chunking adds up to one chunk", flush=True)
 
   # --- faithful codec: windowed decoding ----------------------------------------------------
-  faithful = build(args.faithful, False, None if args.faithful else causal.variables)
+  if not args.contexts:
+    print(load())
+    return
+  faithful = build(args.faithful, False, args.codec_config,
+                   None if args.faithful else causal.variables)
   print(f"faithful codec: {'checkpoint' if args.faithful else 'the same random weights'}; "
         f"decoder lookahead {faithful.stream_decoder().latency_samples} samples", flush=True)
   codes = [faithful.encode(wave)[0] for wave in clips]
