@@ -169,3 +169,28 @@ def test_multiscale_mel_matches_librosa():
 def test_generator_losses_rejects_unknown_weights():
   with pytest.raises(ValueError, match="generator loss weights"):
     losses.generator_losses(None, {}, ([], [[]]), ([], [[]]), {"adversarial": 1.0, "l2": 1.0})
+
+
+def test_folded_weight_norm_gives_the_weight_normed_codec():
+  """`fold_weight_norm` replaces each (weight_g, weight_v) pair by its weight; the codec run on
+  the folded parameters encodes to the same codes and decodes to the same audio."""
+  from configs import codec as codec_configs  # pylint: disable=import-outside-toplevel
+  model = codec_lib.Codec(**codec_configs.get_config("smoke").codec)
+  wave = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4000)).astype(np.float32) * 0.1)
+  variables = jax.jit(model.init)(jax.random.key(0), wave)
+  params = variables["params"]
+  # Weight norm's g away from ||v||, so that the folded weight differs from v.
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: 1.7 * x if path[-1].key == "weight_g" else x, params)
+  folded = layers.fold_weight_norm(params)
+  count = lambda tree, suffix: sum(jax.tree_util.keystr(p).endswith(f"['{suffix}']")
+                                  for p, _ in jax.tree_util.tree_leaves_with_path(tree))
+  assert count(params, "weight_v") == count(params, "weight_g") > 10
+  assert count(folded, "weight_v") == count(folded, "weight_g") == 0
+  assert count(folded, "weight") == count(params, "weight") + count(params, "weight_v")
+  codes = model.apply({**variables, "params": params}, wave, method=codec_lib.Codec.encode)
+  folded_codes = model.apply({**variables, "params": folded}, wave, method=codec_lib.Codec.encode)
+  np.testing.assert_array_equal(folded_codes, codes)
+  audio = model.apply({**variables, "params": params}, codes, method=codec_lib.Codec.decode)
+  folded_audio = model.apply({**variables, "params": folded}, codes, method=codec_lib.Codec.decode)
+  np.testing.assert_allclose(folded_audio, audio, atol=1e-5)

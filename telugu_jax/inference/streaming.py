@@ -112,7 +112,7 @@ class _CausalStream:
                                    mutable=["stream"])
         return out, updates["stream"]
 
-      shapes = jax.eval_shape(step, codec.variables, {}, example)[1]
+      shapes = jax.eval_shape(step, codec.inference_variables, {}, example)[1]
       # Zeros on the host: a new utterance's first step takes them in; later steps keep the
       # state on the device.
       steps[method.__name__] = (jax.jit(step),
@@ -125,7 +125,7 @@ class _CausalStream:
     outputs, start = [], 0
     for size in _step_sizes(frames, self.max_step_frames):
       chunk = inputs[..., start * frame_axis_size:(start + size) * frame_axis_size]
-      out, self._state = self._step(self.codec.variables, self._state, chunk[None])
+      out, self._state = self._step(self.codec.inference_variables, self._state, chunk[None])
       outputs.append(out)
       start += size
     # Indexing on the host: a device array's slices would compile a program per shape.
@@ -297,7 +297,7 @@ class WindowedDecoder:
     frames = window.shape[1]
     width = bucket_length(frames, self._min_window)  # min_window * (1, 1.5, 2, 3, 4, ...)
     padded = np.pad(window, ((0, 0), (0, width - frames)))[None]
-    audio = self.codec._decode(self.codec.variables, padded, np.array([frames], np.int32))
+    audio = self.codec._decode(self.codec.inference_variables, padded, np.array([frames], np.int32))
     # Window sample i is the full decode's sample first * hop + i.
     offset = first * self.hop
     samples = np.asarray(audio)[0, self._emitted - offset:end - offset]

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import contextlib
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +64,20 @@ def weight_norm(g: jax.Array, v: jax.Array) -> jax.Array:
   """PyTorch's `weight_norm(dim=0)`: `g * v / ||v||`, the norm over every axis but axis 0."""
   axes = tuple(range(1, v.ndim))
   return g * v / jnp.sqrt(jnp.sum(v * v, axis=axes, keepdims=True))
+
+
+def fold_weight_norm(params: Any) -> Any:
+  """Parameters with every weight-norm pair (`weight_g`, `weight_v`) replaced by the `weight`
+  it stands for, computed once: a weight-normed layer given `weight` uses it as it is. For
+  inference, where the weights are fixed; the outputs equal the unfolded parameters' up to float
+  rounding."""
+  if not isinstance(params, dict):
+    return params
+  if "weight_g" in params and "weight_v" in params:
+    folded = {k: v for k, v in params.items() if k not in ("weight_g", "weight_v")}
+    folded["weight"] = weight_norm(jnp.asarray(params["weight_g"]), jnp.asarray(params["weight_v"]))
+    return folded
+  return {k: fold_weight_norm(v) for k, v in params.items()}
 
 
 def _torch_uniform_init(fan_in: int):
@@ -197,7 +212,7 @@ class _TorchLayoutConv(nn.Module):
              else (self.features, in_features)) + kernel
     # PyTorch computes fan-in from weight.size(1) for both conv and transposed conv.
     init = _torch_uniform_init(shape[1] * int(np.prod(kernel)))
-    if self.use_weight_norm:
+    if self.use_weight_norm and not self.has_variable("params", "weight"):
       v = self.param("weight_v", init, shape)
       # PyTorch initialises g to ||v||, so the initial weight equals v.
       g = self.param("weight_g", lambda _: jnp.sqrt(
