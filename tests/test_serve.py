@@ -21,6 +21,7 @@ from telugu_jax.data import audio
 from telugu_jax.models import codec as codec_lib
 from telugu_jax.models.s2s import S2SConfig
 from telugu_jax.serve import __main__ as serve_main
+from telugu_jax.serve import vad as vad_lib
 from test_respond import save_tiny_models
 from test_s2s_model import random_variables
 
@@ -230,6 +231,24 @@ def test_a_causal_codec_encodes_the_question_while_it_is_spoken(tmp_path):
 
     asyncio.run(run())
     assert "questions encoded while spoken" in open(log_path).read()
+
+
+def test_the_turn_detector_tells_where_the_silence_began():
+  """While the VAD hears the silence after speech, `silence_start` is where a turn ended by that
+  silence ends; it is None during speech and after the turn."""
+  turns = vad_lib.TurnDetector(vad_lib.SileroVAD(), vad_lib.TurnSettings(silence_ms=SILENCE_MS))
+  wave = speech("common_voice_te_42973996.mp3", 1.0)
+  events = turns.push(wave)
+  assert [e.kind for e in events] == ["start"]
+  starts = []
+  for _ in range(50):  # 1 s of silence in 20 ms pieces
+    events += turns.push(np.zeros(320, np.float32))
+    starts.append(turns.silence_start)
+    if events[-1].kind == "end":
+      break
+  assert events[-1].kind == "end" and turns.silence_start is None
+  heard = [s for s in starts[:-1] if s is not None]
+  assert heard and set(heard) == {events[-1].sample}
 
 
 def test_barge_in_stops_the_answer(server):

@@ -217,17 +217,20 @@ class Session:
       self._question = QuestionStream(self.engine, self.speaker, self.emotion)
       self._question_start = self._question_pushed = self._turn_start()
 
-  def push_question(self, force: bool = False) -> None:
+  def push_question(self) -> None:
     """Hands the audio received since the last push to the question stream (model thread), in
-    pieces of at least `push_ms`."""
+    pieces of at least `push_ms`. During silence, audio past where a turn ended by that silence
+    would end waits: encoding it would be undone if the turn ends."""
     if self._question is None:
       return
-    piece = self.engine.questions.push_ms * SAMPLE_RATE / 1000
-    if force or self.turns.samples - self._question_pushed >= piece:
-      samples = self._audio(self._question_pushed, self.turns.samples)
-      if samples.size:
-        self.engine.submit(self._question.push, samples)
-        self._question_pushed += samples.size
+    limit = self.turns.samples
+    silence = self.turns.silence_start
+    if silence is not None:
+      limit = min(limit, silence + int(self.limits.tail_ms * SAMPLE_RATE / 1000))
+    if limit - self._question_pushed >= self.engine.questions.push_ms * SAMPLE_RATE / 1000:
+      samples = self._audio(self._question_pushed, limit)
+      self.engine.submit(self._question.push, samples)
+      self._question_pushed += samples.size
 
   def drop_question(self) -> None:
     if self._question is not None:

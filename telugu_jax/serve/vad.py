@@ -155,6 +155,14 @@ class TurnDetector:
         return Event("end", (self._window + 1 - self._end_windows) * WINDOW)
     return None
 
+  @property
+  def silence_start(self) -> int | None:
+    """During a turn, the sample where the silence heard since the last speech began (a turn
+    ended by silence ends there); None while speech goes on or outside a turn."""
+    if self.speaking and self._run > 0:
+      return (self._window - self._run) * WINDOW
+    return None
+
   def end(self) -> None:
     """Ends a turn from outside (an explicit end of turn): the next speech starts a new one."""
     self.speaking, self._run = False, 0
