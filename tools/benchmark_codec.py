@@ -2,6 +2,7 @@
 
     python tools/benchmark_codec.py                      # batch 4 × 1 s, full-size models
     python tools/benchmark_codec.py --cpus=1             # both frameworks confined to one core
+    python tools/benchmark_codec.py --inference_only     # only encode + decode of 10 s
     python tools/benchmark_codec.py --batch=16 --rounds=3 --dtypes=float32,bfloat16  # on a GPU
 
 Measures, in one process and interleaved (JAX step, PyTorch step, JAX step, ...) so that both see
@@ -171,6 +172,8 @@ def main() -> None:
                       help="confine the process to this many cores (0: all)")
   parser.add_argument("--inference_rounds", type=int, default=7)
   parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument("--inference_only", action="store_true",
+                      help="only the encode + decode comparison (no training steps)")
   args = parser.parse_args()
   if args.cpus:  # Before JAX and PyTorch start their thread pools, which they size to it.
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cpus])
@@ -188,7 +191,7 @@ def main() -> None:
   print(f"float32 matmul ceiling (2048², XLA): {ceiling:,.0f} GFLOP/s")
 
   timers, stats = [], {}
-  for dtype in args.dtypes.split(","):
+  for dtype in [] if args.inference_only else args.dtypes.split(","):
     config = codec_configs.get_config()
     with config.unlocked():
       config.compute_dtype = dtype
@@ -197,15 +200,16 @@ def main() -> None:
     s = stats[timer.name]
     print(f"{timer.name}: compile {s['compile_s']:.0f} s, {s['flops'] / 1e12:.2f} TFLOP/step, "
           f"XLA temporaries {s['temp_gb']:.2f} GB; peak process memory {peak_rss_gb():.1f} GB")
-  if not args.skip_torch:
+  if not args.skip_torch and not args.inference_only:
     import torch
 
     timers.append(torch_step(audio))
     print(f"PyTorch: {torch.get_num_threads()} threads; peak process memory {peak_rss_gb():.1f} GB")
 
-  print(f"training steps, {args.rounds} rounds interleaved; before: {load()}")
-  interleave(timers, args.rounds)
-  print(f"after: {load()}")
+  if timers:
+    print(f"training steps, {args.rounds} rounds interleaved; before: {load()}")
+    interleave(timers, args.rounds)
+    print(f"after: {load()}")
   for timer in timers:
     best, median = min(timer.wall), float(np.median(timer.wall))
     line = (f"  {timer.name}: best {best:.2f} s/step (median {median:.2f}, CPU "
@@ -215,7 +219,7 @@ def main() -> None:
       line += f", {gflops:,.0f} GFLOP/s ({gflops / ceiling:.0%} of the matmul ceiling)"
     print(line)
   if not args.skip_torch:
-    torch_best = min(timers[-1].wall)
+    torch_best = min(timers[-1].wall) if timers else 0.0
     for timer in timers[:-1]:
       print(f"  {timer.name} / PyTorch throughput (best times): {torch_best / min(timer.wall):.2f}×")
 
