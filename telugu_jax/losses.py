@@ -112,7 +112,8 @@ def generator_losses(audio: jax.Array, codec_out: dict, real: tuple, fake: tuple
   Args:
     audio: `[B, T]` the real audio.
     codec_out: the codec's training forward (`audio`, `residuals`, `codewords`).
-    real, fake: the discriminator's `(logits, features)` on `audio` and on `codec_out["audio"]`.
+    real, fake: the discriminator's `(logits, features)` on `audio` and on `codec_out["audio"]`;
+      both None without a discriminator (the adversarial and feature-matching terms are then 0).
     weights: `adversarial`, `feature_matching`, `l1`, `vq` and `mel` (the mel term is only
       computed when its weight is non-zero). The original's are 1, 10, 0.1, 1 and 0.
   Returns:
@@ -121,9 +122,10 @@ def generator_losses(audio: jax.Array, codec_out: dict, real: tuple, fake: tuple
   if set(weights) - {"mel"} != set(GENERATOR_TERMS):
     raise ValueError(f"generator loss weights must name {list(GENERATOR_TERMS)} (and optionally "
                      f"'mel'), got {sorted(weights)}")
+  no_disc = jnp.zeros((), jnp.float32)
   terms = {
-      "adversarial": generator_adversarial(fake[0]),
-      "feature_matching": feature_matching(real[1], fake[1]),
+      "adversarial": no_disc if fake is None else generator_adversarial(fake[0]),
+      "feature_matching": no_disc if fake is None else feature_matching(real[1], fake[1]),
       "l1": l1(codec_out["audio"], audio),
       "vq": vq_loss(codec_out["residuals"], codec_out["codewords"], codec_out.get("level_mask")),
   }

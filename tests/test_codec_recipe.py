@@ -167,3 +167,26 @@ def test_lowrate_recipe_trains_and_reloads_at_fewer_levels(tmp_path):
   one, every = codec.decode(codes, levels=1), codec.decode(codes)
   assert one.shape == every.shape == (1, 6400)
   assert np.abs(one - every).max() > 0  # the further levels add something
+
+
+def test_reconstruction_warm_up_step_is_the_gan_step_without_the_discriminator():
+  """Before `adversarial_start_step` the generator trains alone: its update equals the GAN
+  step's with the adversarial and feature-matching weights at 0 (the discriminator then does
+  not reach the generator's loss), and the discriminator's parameters and optimizer state pass
+  through unchanged."""
+  config = with_overrides(codec_configs.get_config("smoke"), **{"loss_weights.mel": 15.0})
+  no_disc_terms = with_overrides(codec_configs.get_config("smoke"), **{
+      "loss_weights.mel": 15.0, "loss_weights.adversarial": 0.0,
+      "loss_weights.feature_matching": 0.0})
+  audio = 0.1 * jax.random.normal(jax.random.key(3), (2, 4000))
+  state = trainer.init_state(config, jax.random.key(0))
+  warm, metrics = jax.jit(trainer.make_train_step(config, adversarial=False))(state, audio)
+  gan, _ = jax.jit(trainer.make_train_step(no_disc_terms))(state, audio)
+  for a, b in zip(jax.tree.leaves(warm["gen"]), jax.tree.leaves(gan["gen"])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  for a, b in zip(jax.tree.leaves(warm["disc"]), jax.tree.leaves(state["disc"])):
+    np.testing.assert_array_equal(a, b)
+  assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(gan["disc"]),
+                                            jax.tree.leaves(state["disc"])))
+  assert float(metrics["adversarial"]) == float(metrics["disc_loss"]) == 0.0
+  assert float(metrics["mel"]) > 0 and int(warm["step"]) == 1

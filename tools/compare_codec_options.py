@@ -48,6 +48,7 @@ def configure(steps: int, overrides: dict):
     for name in ("loss_weights", "vq", "optimizer"):
       config[name] = original[name]
     config.codec.straight_through = original.codec.straight_through
+    config.adversarial_start_step = original.adversarial_start_step
     config.num_epochs = 25
     config.total_steps = steps
     config.eval_every = steps

@@ -172,13 +172,16 @@ def reseed_codes(rng: jax.Array, ema: dict[str, jax.Array], residuals: jax.Array
 
 
 def make_train_step(config: ml_collections.ConfigDict,
-                    learning_rate: optax.Schedule | None = None
+                    learning_rate: optax.Schedule | None = None, adversarial: bool = True
                     ) -> Callable[[State, jax.Array], tuple[State, dict]]:
   """Returns `train_step(state, audio [B, T]) -> (state, metrics)`, the original's GAN update.
 
   `learning_rate`: a function of `state["step"]` that sets both optimizers' learning rate before
   their updates (the trainer's per-epoch cosine, `optim.epoch_cosine_schedule`); None keeps the
   rate held in the optimizer states (e.g. a converted checkpoint's).
+  `adversarial=False`: the generator step alone, without the discriminator (its parameters and
+  optimizer state pass through; the adversarial, feature-matching and discriminator terms are 0),
+  for the steps before `config.adversarial_start_step`.
 
   1. Discriminator step: the codec in eval mode (no EMA update) makes the fake audio, without
      gradient; hinge loss; AdamW on the discriminator.
@@ -202,18 +205,23 @@ def make_train_step(config: ml_collections.ConfigDict,
       gen = {**gen, "opt": optim.set_learning_rate(gen["opt"], rate)}
       dis = {**dis, "opt": optim.set_learning_rate(dis["opt"], rate)}
 
-    fake = jax.lax.stop_gradient(
-        codec.apply({"params": gen["params"], "vq": gen["vq"]}, audio)["audio"])
+    if adversarial:
+      fake = jax.lax.stop_gradient(
+          codec.apply({"params": gen["params"], "vq": gen["vq"]}, audio)["audio"])
 
-    def disc_loss_fn(params):
-      real_out = disc.apply({"params": params}, audio)
-      fake_out = disc.apply({"params": params}, fake)
-      return losses.discriminator_losses(real_out, fake_out)
+      def disc_loss_fn(params):
+        real_out = disc.apply({"params": params}, audio)
+        fake_out = disc.apply({"params": params}, fake)
+        return losses.discriminator_losses(real_out, fake_out)
 
-    (disc_loss, disc_terms), disc_grads = jax.value_and_grad(disc_loss_fn, has_aux=True)(
-        dis["params"])
-    updates, disc_opt = tx.update(disc_grads, dis["opt"], dis["params"])
-    disc_params = optax.apply_updates(dis["params"], updates)
+      (disc_loss, disc_terms), disc_grads = jax.value_and_grad(disc_loss_fn, has_aux=True)(
+          dis["params"])
+      updates, disc_opt = tx.update(disc_grads, dis["opt"], dis["params"])
+      disc_params = optax.apply_updates(dis["params"], updates)
+    else:
+      zero = jnp.zeros((), jnp.float32)
+      disc_loss, disc_terms = zero, {"disc_real": zero, "disc_fake": zero}
+      disc_grads, disc_params, disc_opt = {}, dis["params"], dis["opt"]
 
     levels = None
     if dropout:
@@ -222,8 +230,10 @@ def make_train_step(config: ml_collections.ConfigDict,
 
     def gen_loss_fn(params):
       out = codec.apply({"params": params, "vq": gen["vq"]}, audio, train=True, levels=levels)
-      real_out = jax.lax.stop_gradient(disc.apply({"params": disc_params}, audio))
-      fake_out = disc.apply({"params": disc_params}, out["audio"])
+      real_out = fake_out = None
+      if adversarial:
+        real_out = jax.lax.stop_gradient(disc.apply({"params": disc_params}, audio))
+        fake_out = disc.apply({"params": disc_params}, out["audio"])
       total, terms = losses.generator_losses(audio, out, real_out, fake_out, weights)
       return total, (terms, out)
 
@@ -443,9 +453,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   schedule = optim.epoch_cosine_schedule(
       config.optimizer.learning_rate, config.num_epochs, steps_per_epoch, meta["start_step"],
       meta["start_epoch"], meta["start_learning_rate"])
-  train_step = jax.jit(make_train_step(config, schedule),
-                       in_shardings=(replicated, sharding.batch_sharded(mesh)),
-                       out_shardings=(replicated, replicated), donate_argnums=0)
+  def compiled_step(adversarial):
+    return jax.jit(make_train_step(config, schedule, adversarial),
+                   in_shardings=(replicated, sharding.batch_sharded(mesh)),
+                   out_shardings=(replicated, replicated), donate_argnums=0)
+
+  gan_step = compiled_step(True)
+  start = config.get("adversarial_start_step", 0)
+  if first_step < start:
+    warmup_step, next_step = compiled_step(False), [first_step]
+
+    def train_step(state, batch):
+      # The loop calls this once per step, in order, from first_step.
+      step = warmup_step if next_step[0] < start else gan_step
+      next_step[0] += 1
+      return step(state, batch)
+  else:
+    train_step = gan_step
   log = loop.MetricsLog(workdir, restored.checkpoint_step or 0)
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
