@@ -234,7 +234,6 @@ class Engine:
     if self.streams_questions:
       answer = Answer(self, wave, 0, 0, seed=0, question=self._streamed(wave))
       timings = answer.start()
-      start = time.perf_counter()
       samples = np.zeros(0, np.float32)
       while samples.size == 0 and not answer.done:
         samples, step = answer.step()
@@ -297,7 +296,6 @@ class QuestionStream:
     self._gains: tuple[np.ndarray, np.ndarray] | None = None
     self._codec = None
     self._s2s = None
-    self._frames = 0  # codec frames produced
     self._level = int(engine.questions.level_seconds * SAMPLE_RATE)
 
   def _open(self) -> None:
@@ -310,9 +308,7 @@ class QuestionStream:
 
   def _encode(self, samples: np.ndarray) -> None:
     gain, peak_gain = self._gains
-    codes = self._codec.push(samples * gain[0] * peak_gain[0])
-    self._frames += codes.shape[1]
-    self._s2s.push(codes)
+    self._s2s.push(self._codec.push(samples * gain[0] * peak_gain[0]))
 
   def push(self, samples: np.ndarray) -> None:
     """More of the question (float32 `[n]` at 16 kHz, as received)."""
@@ -343,7 +339,7 @@ class QuestionStream:
     if self._gains is None:
       self._held = []
       self._gains = audio.level_gains(wave)
-      self._encode(wave[:wave.size])
+      self._encode(wave)
     elif self.received < wave.size:
       self._encode(wave[self.received:])
     self.received = max(self.received, wave.size)
