@@ -174,11 +174,10 @@ def test_reconstruction_warm_up_step_is_the_gan_step_without_the_discriminator()
   step's with the adversarial and feature-matching weights at 0 (the discriminator then does
   not reach the generator's loss), and the discriminator's parameters and optimizer state pass
   through unchanged."""
-  config = with_overrides(codec_configs.get_config("smoke"), **{"loss_weights.mel": 15.0})
+  config = codec_configs.get_config("smoke")
   no_disc_terms = with_overrides(codec_configs.get_config("smoke"), **{
-      "loss_weights.mel": 15.0, "loss_weights.adversarial": 0.0,
-      "loss_weights.feature_matching": 0.0})
-  audio = 0.1 * jax.random.normal(jax.random.key(3), (2, 4000))
+      "loss_weights.adversarial": 0.0, "loss_weights.feature_matching": 0.0})
+  audio = 0.1 * jax.random.normal(jax.random.key(3), (2, 2000))
   state = trainer.init_state(config, jax.random.key(0))
   warm, metrics = jax.jit(trainer.make_train_step(config, adversarial=False))(state, audio)
   gan, _ = jax.jit(trainer.make_train_step(no_disc_terms))(state, audio)
@@ -189,4 +188,4 @@ def test_reconstruction_warm_up_step_is_the_gan_step_without_the_discriminator()
   assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(gan["disc"]),
                                             jax.tree.leaves(state["disc"])))
   assert float(metrics["adversarial"]) == float(metrics["disc_loss"]) == 0.0
-  assert float(metrics["mel"]) > 0 and int(warm["step"]) == 1
+  assert float(metrics["l1"]) > 0 and int(warm["step"]) == 1
