@@ -146,24 +146,24 @@ class Engine:
   def close(self) -> None:
     self._executor.shutdown(wait=False, cancel_futures=True)
 
+  @staticmethod
+  def _acquire(pool: list[Any], make: Callable[[], Any]) -> Any:
+    if pool:
+      stream = pool.pop()
+      stream.reset()
+      return stream
+    return make()
+
   def acquire_decoder(self) -> Any:
     """A reset stream decoder from the pool (a new one when the pool is empty)."""
-    if self._decoders:
-      decoder = self._decoders.pop()
-      decoder.reset()
-      return decoder
-    return self.codec.stream_decoder()
+    return self._acquire(self._decoders, self.codec.stream_decoder)
 
   def release_decoder(self, decoder: Any) -> None:
     self._decoders.append(decoder)
 
   def acquire_encoder(self) -> Any:
     """A reset stream encoder from the pool (causal codecs)."""
-    if self._encoders:
-      encoder = self._encoders.pop()
-      encoder.reset()
-      return encoder
-    return self.codec.stream_encoder()
+    return self._acquire(self._encoders, self.codec.stream_encoder)
 
   def release_encoder(self, encoder: Any) -> None:
     self._encoders.append(encoder)
