@@ -2,13 +2,16 @@
 
 - `init_state` encodes the input (the fixed variant through the streaming encoder, blocks of
   chunks under `lax.scan`, so memory grows linearly with the input) and builds the decoding state.
+- `IncrementalEncoder` runs the same streaming encoder on a question's codes while they arrive
+  (a voice agent's turn), and `state_from_memory` builds the decoding state from its output.
 - `_step` decodes one frame: the model's single-frame forward over the cache, sampling
   (temperature, top-k, top-p; temperature 0 is greedy), and the delay-pattern and end-of-speech
   bookkeeping.
 - `generate` runs `_step` in a `lax.while_loop` until every sequence has ended or `max_frames`.
 - `advance` runs `_step` up to a given step (jit-compiled once per shape; the state is donated
-  and updated in place); `stream` is a Python generator over it that yields each frame as soon
-  as all its levels exist (after `max_delay` more steps with a delay pattern).
+  and updated in place); `stream` (`stream_from_state` from a given state) is a Python
+  generator over it that yields each frame as soon as all its levels exist (after `max_delay`
+  more steps with a delay pattern).
 
 State pytree (B batch, Q levels, L = max_frames + max_delay decoder steps):
   cache: from `S2STransformer.init_cache`: per decoder layer the self-attention keys/values
