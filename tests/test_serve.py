@@ -134,6 +134,20 @@ async def expect(ws, *kinds: str, audio_chunks: list[bytes] | None = None) -> li
   return events
 
 
+async def ask(ws, question: bytes, message_bytes: int, pause: float
+              ) -> tuple[list[dict], list[bytes]]:
+  """Sends `question` in `message_bytes` messages `pause` seconds apart, then `end_of_turn`;
+  returns the turn's four events and the answer's audio messages."""
+  for i in range(0, len(question), message_bytes):
+    await ws.send_bytes(question[i:i + message_bytes])
+    await asyncio.sleep(pause)
+  await ws.send_str(json.dumps({"type": "end_of_turn"}))
+  chunks = []
+  events = await expect(ws, "speech_start", "speech_end", "response_start", "response_end",
+                        audio_chunks=chunks)
+  return events, chunks
+
+
 def connect(session: aiohttp.ClientSession, url: str, token: str = TOKEN, **kwargs):
   return session.ws_connect(f"{url}/ws?token={token}", **kwargs)
 
@@ -188,17 +202,9 @@ def test_turns_on_real_speech_by_silence_and_by_end_of_turn(server):
 
       # A turn ended by the client, in real-time 20 ms chunks, while the user still speaks.
       question = pcm(speech("common_voice_te_42973997.mp3", CLIENT_SPEECH))
-      for i in range(0, len(question), 640):
-        await ws.send_bytes(question[i:i + 640])
-        await asyncio.sleep(0.02)
-      await ws.send_str(json.dumps({"type": "end_of_turn"}))
-      chunks = []
-      start, end, response, done = await expect(
-          ws, "speech_start", "speech_end", "response_start", "response_end",
-          audio_chunks=chunks)
+      (_, end, _, done), chunks = await ask(ws, question, 640, 0.02)
       assert end["reason"] == "end_of_turn" and CLIENT_SPEECH < end["seconds"] <= 1.0
       check_answer(done, chunks)
-      del start
 
   asyncio.run(run())
 
@@ -215,14 +221,8 @@ def test_a_causal_codec_encodes_the_question_while_it_is_spoken(tmp_path):
       async with aiohttp.ClientSession() as session, connect(session, url) as ws:
         await receive(ws)
         question = pcm(speech("common_voice_te_42973996.mp3", speech_seconds))
-        for i in range(0, len(question), 3200):  # 100 ms messages, 4x real time
-          await ws.send_bytes(question[i:i + 3200])
-          await asyncio.sleep(0.025)
-        await ws.send_str(json.dumps({"type": "end_of_turn"}))
-        chunks = []
-        _, end, response, done = await expect(
-            ws, "speech_start", "speech_end", "response_start", "response_end",
-            audio_chunks=chunks)
+        # 100 ms messages at 4x real time.
+        (_, end, response, done), chunks = await ask(ws, question, 3200, 0.025)
         assert end["reason"] == "end_of_turn"
         assert 0.5 <= response["streamed_seconds"] <= end["seconds"]
         assert done["frames"] == FRAMES and not done["interrupted"]

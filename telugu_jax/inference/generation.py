@@ -263,10 +263,7 @@ class IncrementalEncoder:
       raise ValueError("the question has no code frames")
     # Chunks whose window (the chunk and its lookahead) reaches past the question's end read
     # frames that are not part of it: undo them.
-    valid = 0
-    while (valid + 1) * c.chunk_size + c.lookahead <= frames:
-      valid += 1
-    valid = min(valid, len(self._outputs))
+    valid = min(max(0, (frames - c.lookahead) // c.chunk_size), len(self._outputs))
     undo = len(self._outputs) - valid
     if undo >= len(self._states):
       codes = self._codes.copy()

@@ -453,6 +453,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   schedule = optim.epoch_cosine_schedule(
       config.optimizer.learning_rate, config.num_epochs, steps_per_epoch, meta["start_step"],
       meta["start_epoch"], meta["start_learning_rate"])
+
   def compiled_step(adversarial):
     return jax.jit(make_train_step(config, schedule, adversarial),
                    in_shardings=(replicated, sharding.batch_sharded(mesh)),
