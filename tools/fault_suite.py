@@ -374,7 +374,7 @@ def metric_differences(rows: list[dict[str, Any]], reference: list[dict[str, Any
   """Per-step values that differ (throughputs aside) between rows of the same steps."""
   found = []
   for row, ref in zip(rows, reference):
-    for key in sorted((row.keys() | ref.keys()) - {"step"}):
+    for key in sorted((row.keys() | ref.keys()) - {"step", "wall_time"}):
       if not key.endswith("_per_second") and row.get(key, "absent") != ref.get(key, "absent"):
         found.append(f"step {row['step']} {key}: {row.get(key, 'absent')} vs "
                      f"{ref.get(key, 'absent')}")

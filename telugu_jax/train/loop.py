@@ -128,7 +128,8 @@ class MetricsLog:
 
   Opened at `start_step` (the restored step, or 0), it keeps one history: rows of
   `metrics.jsonl` after `start_step` (written by a run that died before its next checkpoint) are
-  dropped, and TensorBoard is told to purge events after it.
+  dropped, and TensorBoard is told to purge events after it. Each row carries its `wall_time`
+  (Unix seconds), for learning curves against time.
   """
 
   def __init__(self, workdir: str, start_step: int):
@@ -157,8 +158,8 @@ class MetricsLog:
     for name, value in values.items():
       self.writer.add_scalar(prefix + name, value, step)
     with open(self.path, "a") as f:
-      f.write(json.dumps({"step": step, **{prefix + k: _json_number(v)
-                                           for k, v in values.items()}}) + "\n")
+      f.write(json.dumps({"step": step, "wall_time": round(time.time(), 3),
+                          **{prefix + k: _json_number(v) for k, v in values.items()}}) + "\n")
 
   def close(self) -> None:
     if self.writer is not None:
