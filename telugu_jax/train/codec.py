@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +31,7 @@ from telugu_jax import checkpoints, losses, optim
 from telugu_jax.data import pipelines, sample_corpus
 from telugu_jax.data.audio import bucket_length
 from telugu_jax.evaluation import metrics as eval_metrics
-from telugu_jax.evaluation import plots
+from telugu_jax.evaluation import plots, quality
 from telugu_jax.models import codec as codec_lib
 from telugu_jax.models.codec import Codec
 from telugu_jax.models.discriminators import Discriminator
@@ -354,14 +355,21 @@ class Evaluator:
       results["val/perplexity_mean"] = float(np.mean(usage["perplexity"]))
       results["val/dead_codes_mean"] = float(np.mean(usage["dead"]))
     if self.clips:
-      values = {"snr": [], "si_sdr": [], "mel_distance": []}
+      signal_keys = ("snr", "si_sdr", "mel_distance")
+      values = {key: [] for key in signal_keys}
       for name, wave in self.clips:
         width = bucket_length(wave.size, SAMPLE_RATE)
         audio = np.pad(wave, (0, width - wave.size))[None]
         out = self._clip_step(gen, audio, np.array([wave.size], np.int32))
-        for key in values:
+        for key in signal_keys:
           values[key].append(float(out[key][0]))
-      results.update({f"real/{k}": float(np.mean(v)) for k, v in values.items()})
+        if self.config.eval_quick_quality:
+          recon = np.asarray(out["audio"][0, :wave.size])
+          for key, value in quality.quick_quality(wave, recon).items():
+            values.setdefault(key, []).append(value)
+      # PESQ and STOI are NaN for clips too short to score: the mean is over the others.
+      results.update({f"real/{k}": float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
+                      for k, v in values.items()})
       name, wave = self.clips[0]
       width = bucket_length(wave.size, SAMPLE_RATE)
       out = self._clip_step(gen, np.pad(wave, (0, width - wave.size))[None],
