@@ -357,24 +357,21 @@ class Evaluator:
     if self.clips:
       signal_keys = ("snr", "si_sdr", "mel_distance")
       values = {key: [] for key in signal_keys}
-      for name, wave in self.clips:
+      for i, (name, wave) in enumerate(self.clips):
         width = bucket_length(wave.size, SAMPLE_RATE)
         audio = np.pad(wave, (0, width - wave.size))[None]
         out = self._clip_step(gen, audio, np.array([wave.size], np.int32))
         for key in signal_keys:
           values[key].append(float(out[key][0]))
+        recon = np.asarray(out["audio"][0, :wave.size])
+        if i == 0:
+          samples.append((wave, recon))
         if self.config.eval_quick_quality:
-          recon = np.asarray(out["audio"][0, :wave.size])
           for key, value in quality.quick_quality(wave, recon).items():
             values.setdefault(key, []).append(value)
       # PESQ and STOI are NaN for clips too short to score: the mean is over the others.
       results.update({f"real/{k}": float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
                       for k, v in values.items()})
-      name, wave = self.clips[0]
-      width = bucket_length(wave.size, SAMPLE_RATE)
-      out = self._clip_step(gen, np.pad(wave, (0, width - wave.size))[None],
-                            np.array([wave.size], np.int32))
-      samples.append((wave, np.asarray(out["audio"][0, :wave.size])))
     if jax.process_index() == 0:
       self._write_samples(samples, step)
     return results
