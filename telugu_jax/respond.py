@@ -2,7 +2,7 @@
 
     python -m telugu_jax.respond --codec=CODEC --s2s=S2S question.mp3 answer.wav \\
         [--speaker=female_young --emotion=happy --temperature=0.8 --top_p=0.95 --top_k=0 \\
-         --seed=0 --max_seconds=10]
+         --seed=0 --max_seconds=10 | --beam_size=8]
     python -m telugu_jax.respond --codec=CODEC --s2s=S2S questions/ answers/
 
 `--codec` and `--s2s` are converted checkpoints or training workdirs; the S2S model must have been
@@ -104,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--top_p", type=float, default=0.95, help="nucleus mass (1 = off)")
   parser.add_argument("--top_k", type=int, default=0, help="keep the k likeliest codes (0 = all)")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--beam_size", type=int, default=0,
+                      help="> 0: the most likely answer by beam search (sampling unused)")
   parser.add_argument("--max_seconds", type=float, default=10.0, help="longest answer")
   return parser
 
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(f"--max_seconds must be positive, got {args.max_seconds}")
   if args.temperature < 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
     parser.error("need --temperature >= 0, --top_k >= 0 and 0 < --top_p <= 1")
+  if args.beam_size < 0:
+    parser.error(f"--beam_size must be 0 (sampling) or positive, got {args.beam_size}")
 
   from telugu_jax.data import audio
   from telugu_jax.inference import Responder, load_codec, load_s2s
@@ -147,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
       samples, rate = audio.read_audio(question)
       wave, timings = responder.respond(
           samples, speaker, emotion, sample_rate=rate, max_seconds=args.max_seconds,
-          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+          beam_size=args.beam_size)
       write_wav(answer, wave, audio.SAMPLE_RATE)
     except (ValueError, OSError) as e:  # AudioDecodeError and QuestionError are ValueErrors.
       message = str(e) if str(e).startswith(question) else f"{question}: {e}"

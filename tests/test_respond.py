@@ -113,6 +113,11 @@ def test_responder_prepares_like_training_and_derives_the_frame_rate(models, oth
   if answer.size:
     assert timings["rtf"] == pytest.approx(timings["total_ms"] / 1000 / timings["answer_seconds"])
 
+  # Beam search of width 1 is greedy decoding.
+  greedy, _ = responder.respond(tone(0.5, 16000), max_seconds=float(MAX_SECONDS), temperature=0.0)
+  beam, timings = responder.respond(tone(0.5, 16000), max_seconds=float(MAX_SECONDS), beam_size=1)
+  np.testing.assert_array_equal(beam, greedy)
+
   with pytest.raises(ValueError, match="8 levels of 32 codes, the S2S model 8 levels of 16"):
     Responder(codec, load_s2s(other_s2s))
 
@@ -132,6 +137,8 @@ def test_file_in_file_out_from_any_format(models, tmp_path, capsys):
     info = soundfile.info(answer)
     assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
     assert info.frames == load_codec(models[0]).num_samples(int(match.group(1)))
+  assert _run(models, "--beam_size=3", mp3, tmp_path / "beam_answer.wav") == 0
+  assert soundfile.info(tmp_path / "beam_answer.wav").samplerate == 16000
   # Into an existing folder: named after the question.
   assert _run(models, mp3, tmp_path) == 0
   assert soundfile.info(tmp_path / "question.wav").samplerate == 16000

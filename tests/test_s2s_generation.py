@@ -197,3 +197,82 @@ def test_incremental_encoder_equals_the_whole_question_however_it_arrives(tiny):
   np.testing.assert_array_equal(frames, list(stream(model, variables, padded)))
   with pytest.raises(ValueError, match="no code frames"):
     encoder.finish(5)
+
+
+def beam(model, variables, inputs, beam_size, max_frames=12, length_penalty=1.0):
+  speaker = jnp.zeros(inputs.shape[0], jnp.int32)
+  return generation.beam_search(model, variables, inputs, speaker, speaker, max_frames=max_frames,
+                                beam_size=beam_size, length_penalty=length_penalty)
+
+
+def answer_log_prob(model, variables, inputs, codes, lengths, max_frames=12):
+  """Teacher-forced log-probability of answers `codes [B, Q, T]` of `lengths`: level 0's codes
+  and end-of-speech (none after `max_frames` frames: the answer was cut), the other levels' codes
+  (end-of-speech excluded from their classes)."""
+  c = model.config
+  forcing = teacher_forcing(c, codes, lengths)
+  logits = teacher_forced_logits_of(model, variables, inputs, forcing.decoder_input)
+  logits = logits.at[:, 1:, :, c.eos_id].set(-jnp.inf)
+  log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), forcing.targets[..., None],
+                                  -1)[..., 0]
+  level = jnp.arange(c.num_quantizers)[None, :, None]
+  cut = jnp.asarray(lengths)[:, None, None] >= max_frames
+  counted = ((forcing.weights > 0) & ((forcing.targets != c.eos_id) | (level == 0))
+             & ~((forcing.targets == c.eos_id) & cut))
+  return np.asarray(jnp.sum(jnp.where(counted, log_probs, 0.0), axis=(1, 2)))
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def teacher_forced_logits_of(model, variables, inputs, decoder_input):
+  speaker = jnp.zeros(inputs.shape[0], jnp.int32)
+  return model.apply(variables, inputs, decoder_input, speaker, speaker)
+
+
+def with_flatter_heads(variables, scale: float):
+  """Every output head's kernel times `scale`: flatter distributions, more branching beams."""
+  params = jax.tree.map(lambda x: x, variables["params"])
+  for q in range(TINY.num_quantizers):
+    head = params[f"output_heads_{q}"]
+    head["kernel"] = jnp.asarray(head["kernel"]) * scale
+  return {**variables, "params": params}
+
+
+@pytest.mark.parametrize("head_scale, eos_bias", [(1.0, 3.0), (0.5, 0.5)])
+def test_beam_search_scores_its_answers_and_beats_greedy(tiny, head_scale, eos_bias):
+  """Beam size 1 is greedy decoding. A wider beam returns answers whose score is their own
+  teacher-forced log-probability (over frames + 1 with length penalty 1), at least as likely as
+  the greedy answer, with levels 1.. at their most likely codes. Two models: one where some
+  greedy answers end early, one whose flatter heads make the beams swap their histories."""
+  model, variables = tiny
+  c = model.config
+  variables = with_eos_bias(with_flatter_heads(variables, head_scale), eos_bias)
+  inputs = random_codes(c, (4, 8, 15), 21)
+  inputs = inputs.at[1, :, 9:].set(c.pad_id)
+  greedy_codes, greedy_lengths = run(model, variables, inputs)
+  codes, lengths, scores = beam(model, variables, inputs, beam_size=1)
+  np.testing.assert_array_equal(codes, greedy_codes)
+  np.testing.assert_array_equal(lengths, greedy_lengths)
+  greedy_log_prob = answer_log_prob(model, variables, inputs, greedy_codes, greedy_lengths)
+  np.testing.assert_allclose(scores, greedy_log_prob / (np.asarray(greedy_lengths) + 1.0),
+                             rtol=1e-5)
+
+  for length_penalty in (0.0, 1.0):
+    codes, lengths, scores = beam(model, variables, inputs, beam_size=8,
+                                  length_penalty=length_penalty)
+    lengths = np.asarray(lengths)
+    for b, length in enumerate(lengths):
+      np.testing.assert_array_equal(np.asarray(codes)[b, :, length:], c.pad_id)
+    log_prob = answer_log_prob(model, variables, inputs, codes, lengths)
+    np.testing.assert_allclose(scores, log_prob / (lengths + 1.0) ** length_penalty,
+                               rtol=1e-5, atol=1e-5)
+    if length_penalty == 0.0:
+      assert np.all(log_prob >= greedy_log_prob - 1e-5)
+      assert np.any(log_prob > greedy_log_prob + 1e-3)  # the beam finds more likely answers
+    # Levels 1.. hold their most likely codes given the beam's past.
+    forcing = teacher_forcing(c, codes, lengths)
+    logits = teacher_forced_logits_of(model, variables, inputs, forcing.decoder_input)
+    best = undelay(jnp.argmax(logits.at[:, 1:, :, c.eos_id].set(-jnp.inf), -1), c.level_delays)
+    for b, length in enumerate(lengths):
+      np.testing.assert_array_equal(best[b, 1:, :length], np.asarray(codes)[b, 1:, :length])
+  with pytest.raises(ValueError, match="beam_size"):
+    beam(model, variables, inputs, beam_size=0)

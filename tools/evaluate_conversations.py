@@ -2,7 +2,7 @@
 
     python tools/evaluate_conversations.py --codec=CODEC --s2s=S2S --pairs=PAIRS_DIR \\
         --output=report/ [--split=validation_voices,validation] [--max_pairs=N] \\
-        [--temperature=0] [--max_seconds=10] [--references=codec|original]
+        [--temperature=0 | --beam_size=8] [--max_seconds=10] [--references=codec|original]
 
 `--pairs` is a folder of audio pair shards written by `tools/make_conversations.py`
 (`{split}-NNNNN-of-NNNNN.arrayrecord`, records with int16 16 kHz `question_pcm` and `answer_pcm`
@@ -10,7 +10,7 @@ and metadata with `answer_text`, `speaker_id`, `emotion_id`, `key`). Per split
 (`validation_voices`: training texts asked in held-out voices; `validation`: texts never seen in
 training), the first `--max_pairs` pairs are answered with `telugu_jax.inference.Responder`
 (question level-normalised, encoded, answered in the pair's speaker and emotion, greedy by
-default, decoded by the same codec).
+default or by beam search with `--beam_size`, decoded by the same codec).
 
 **Which answer did the model give?** The candidates of a pair are all distinct answer texts of
 its split, each in the pair's (assistant) speaker's voice. The references are the pair shards'
@@ -300,8 +300,10 @@ def write_report(path: str, summary: dict) -> None:
   lines = [
       "# Conversation evaluation: does the S2S model give the right answer?", "",
       f"- codec: `{s['codec']}`; S2S: `{s['s2s']}` ({s['variant']} variant)",
-      f"- pairs: `{s['pairs']}`; sampling: temperature {s['temperature']:g}, top-k "
-      f"{s['top_k']}, top-p {s['top_p']:g}, seed {s['seed']}; answers up to "
+      f"- pairs: `{s['pairs']}`; " + (
+          f"beam search, {s['beam_size']} beams" if s.get("beam_size") else
+          f"sampling: temperature {s['temperature']:g}, top-k {s['top_k']}, top-p "
+          f"{s['top_p']:g}, seed {s['seed']}") + "; answers up to "
       f"{s['max_seconds']:g} s ({s['max_frames']} frames at {s['frame_rate']:g} frames/s)",
       "- candidates: every distinct answer text of the split in the pair's speaker's voice; "
       "the reference of a text and speaker is the answer audio of the split's first pair with "
@@ -388,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--top_k", type=int, default=0)
   parser.add_argument("--top_p", type=float, default=1.0)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--beam_size", type=int, default=0,
+                      help="> 0: the most likely answer by beam search (sampling unused)")
   parser.add_argument("--max_seconds", type=float, default=10.0, help="longest answer")
   parser.add_argument("--references", choices=("codec", "original"), default="codec",
                       help="compare with references through the codec (default) or as recorded")
@@ -401,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(f"--split takes splits among {SPLITS}, got {args.split!r}")
   if not args.max_seconds > 0 or (args.max_pairs is not None and args.max_pairs < 1):
     parser.error("--max_seconds and --max_pairs must be positive")
+  if args.beam_size < 0:
+    parser.error(f"--beam_size must be 0 (sampling) or positive, got {args.beam_size}")
 
   from telugu_jax.data import audio
   from telugu_jax.inference import Responder, load_codec, load_s2s
@@ -443,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
           answer, timings = responder.respond(
               audio.pcm16_to_float(pair.question_pcm), pair.speaker_id, pair.emotion_id,
               max_seconds=args.max_seconds, temperature=args.temperature, top_k=args.top_k,
-              top_p=args.top_p, seed=args.seed)
+              top_p=args.top_p, seed=args.seed, beam_size=args.beam_size)
         except ValueError as e:  # QuestionError, or a speaker or emotion the model lacks
           skipped.append(f"{pair.split} {pair.key}: {e}")
           continue
@@ -467,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
           "codec": args.codec, "s2s": args.s2s, "pairs": args.pairs, "variant": s2s.variant,
           "splits": splits, "max_pairs": args.max_pairs, "references": args.references,
           "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-          "seed": args.seed, "max_seconds": args.max_seconds,
+          "seed": args.seed, "beam_size": args.beam_size, "max_seconds": args.max_seconds,
           "max_frames": responder.max_frames(args.max_seconds),
           "frame_rate": responder.frame_rate, "dnsmos": args.dnsmos},
       "splits": results,

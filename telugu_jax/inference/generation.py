@@ -331,6 +331,88 @@ def generate(model: S2STransformer, variables: Variables, input_codes: jax.Array
   return codes, state["lengths"]
 
 
+def _beam_step(model: S2STransformer, variables: Variables, state: State, beam_size: int
+               ) -> State:
+  """One decoding step of `beam_search` over `B * beam_size` rows (beam-major within a batch
+  element): every beam's level-0 code is branched, levels 1.. take their most likely code."""
+  c = model.config
+  t = state["index"]
+  logits, cache = model.apply(variables, state["tokens"], state["cache"], t,
+                              method="decode_step")  # [BK, Q, V]
+  logits = logits.astype(jnp.float32).at[:, 1:, c.eos_id].set(-jnp.inf)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  lengths = state["lengths"]
+  frame = t - jnp.asarray(c.level_delays)[None, :]  # [1, Q] frame carried by each level
+  # Levels 1..: the most likely code; its log-probability counts where it is a frame of speech.
+  speech = (frame >= 0) & (frame < lengths[:, None])  # [BK, Q]
+  rest = jnp.sum(jnp.where(speech[:, 1:], jnp.max(log_probs[:, 1:], axis=-1), 0.0), axis=-1)
+  # Level 0 branches while the beam has not ended; an ended beam has one continuation, free.
+  vocab = log_probs.shape[-1]
+  ended_row = jnp.where(jnp.arange(vocab) == 0, 0.0, -jnp.inf)
+  level0 = jnp.where(speech[:, :1], log_probs[:, 0], ended_row[None, :])  # [BK, V]
+  candidates = (state["scores"] + rest)[:, None] + level0
+  batch = candidates.shape[0] // beam_size
+  scores, best = jax.lax.top_k(candidates.reshape(batch, beam_size * vocab), beam_size)
+  parent = (best // vocab + beam_size * jnp.arange(batch)[:, None]).reshape(-1)
+  code0 = (best % vocab).reshape(-1)
+  cache = jax.tree.map(lambda x: x[parent], cache)
+  sampled = jnp.argmax(log_probs, axis=-1)[parent].at[:, 0].set(code0)
+  lengths = lengths[parent]
+  lengths = jnp.where((code0 == c.eos_id) & (t < lengths), t, lengths)
+  length = lengths[:, None]
+  tokens = jnp.where(frame < 0, c.start_id,
+                     jnp.where(frame == length, c.eos_id,
+                               jnp.where(frame > length, c.pad_id, sampled)))
+  buffer = jax.lax.dynamic_update_slice_in_dim(state["buffer"][parent], tokens[:, :, None], t,
+                                               axis=2)
+  return {**state, "cache": cache, "tokens": tokens, "index": t + 1, "lengths": lengths,
+          "buffer": buffer, "scores": scores.reshape(-1)}
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_frames", "beam_size"))
+def beam_search(model: S2STransformer, variables: Variables, input_codes: jax.Array,
+                speaker: jax.Array, emotion: jax.Array, max_frames: int, beam_size: int,
+                length_penalty: jax.Array | float = 1.0
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The most likely answers by beam search (fixed variant), in one compiled `lax.while_loop`.
+
+  Each step extends every beam by each level-0 code (end-of-speech included) and keeps the
+  `beam_size` best extensions by total log-probability; levels 1.. are predicted in parallel
+  with level 0 from the same state, so each takes its most likely code (an exact maximum given
+  the beam's level-0 codes). A beam that ended stays as it is. When every beam has ended (or
+  reached `max_frames`), the answer of each input is its beam with the best total
+  log-probability divided by `(frames + 1) ** length_penalty` (0: the raw total, which favours
+  short answers; 1: the mean per frame).
+
+  Returns:
+    codes `[B, Q, max_frames]` int32 (the padding id from a sequence's length on), lengths `[B]`
+    int32 and the chosen beams' scores `[B]` float32.
+  """
+  c = model.config
+  if c.is_original:
+    raise ValueError("beam search needs the fixed variant (the original has no end-of-speech)")
+  if beam_size < 1:
+    raise ValueError(f"beam_size must be at least 1, got {beam_size}")
+  batch = input_codes.shape[0]
+  style = model.apply(variables, speaker, emotion, method="style")
+  memory, memory_mask = encode_in_chunks(model, variables, input_codes, style)
+  repeat = lambda x: jnp.repeat(x, beam_size, axis=0)
+  state = _decoding_state(model, variables, repeat(style), repeat(memory), repeat(memory_mask),
+                          jnp.int32(0), max_frames)
+  first = jnp.arange(batch * beam_size) % beam_size == 0  # identical beams: keep one at first
+  state["scores"] = jnp.where(first, 0.0, -jnp.inf)
+  state = jax.lax.while_loop(lambda s: ~_finished(model, s),
+                             lambda s: _beam_step(model, variables, s, beam_size), state)
+  lengths = state["lengths"]
+  normalized = state["scores"] / (lengths + 1.0) ** length_penalty
+  chosen = (jnp.argmax(normalized.reshape(batch, beam_size), axis=-1)
+            + beam_size * jnp.arange(batch))
+  codes = undelay(state["buffer"][chosen], c.level_delays)
+  lengths = lengths[chosen]
+  codes = jnp.where(jnp.arange(max_frames) < lengths[:, None, None], codes, c.pad_id)
+  return codes, lengths, normalized[chosen]
+
+
 @functools.partial(jax.jit, static_argnames="model", donate_argnames="state")
 def advance(model: S2STransformer, variables: Variables, state: State, sampling: Sampling,
             stop: jax.Array) -> State:

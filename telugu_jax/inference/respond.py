@@ -149,8 +149,8 @@ class Responder:
 
   def respond(self, wave: np.ndarray, speaker: int | str = 0, emotion: int | str = 0, *,
               sample_rate: int = SAMPLE_RATE, max_seconds: float = 10.0,
-              temperature: float = 0.8, top_k: int = 0, top_p: float = 0.95, seed: int = 0
-              ) -> tuple[np.ndarray, dict[str, Any]]:
+              temperature: float = 0.8, top_k: int = 0, top_p: float = 0.95, seed: int = 0,
+              beam_size: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
     """Answers one spoken question.
 
     Args:
@@ -163,6 +163,8 @@ class Responder:
       top_k: keep the k most likely codes (0: all).
       top_p: nucleus sampling mass (1: off).
       seed: the sampling seed.
+      beam_size: > 0: the most likely answer by a beam search of this width instead of sampling
+        (`S2S.generate`).
 
     Returns:
       `(answer, timings)`: float32 `[T']` at 16 kHz (empty when the model ends at once), and
@@ -188,7 +190,7 @@ class Responder:
     stage = time.perf_counter()
     answer_codes, lengths = self.s2s.generate(
         self.question_codes(codes), speaker_id, emotion_id, max_frames=max_frames,
-        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, beam_size=beam_size)
     frames = int(lengths[0])
     timings["generate_ms"] = _ms(stage)
 

@@ -84,21 +84,29 @@ class S2S:
 
   def generate(self, input_codes: np.ndarray, speaker: int | np.ndarray,
                emotion: int | np.ndarray, *, max_frames: int = 1000, temperature: float = 0.8,
-               top_k: int = 0, top_p: float = 0.95, seed: int = 0
-               ) -> tuple[np.ndarray, np.ndarray]:
+               top_k: int = 0, top_p: float = 0.95, seed: int = 0, beam_size: int = 0,
+               length_penalty: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Samples a response to `input_codes [B, Q, S]` (right-padded with `config.pad_id` in the
     fixed variant when lengths differ).
 
     Runs one compiled `lax.while_loop` until every sequence has produced end-of-speech (fixed
     variant) or `max_frames` frames. Temperature 0 is greedy; `top_k=0` and `top_p=1` turn the
-    cuts off. The defaults are the original's sampling settings.
+    cuts off. The defaults are the original's sampling settings. `beam_size` > 0 (fixed variant)
+    searches for the most likely answer instead (`generation.beam_search`, scored per frame to
+    the power `length_penalty`); the sampling settings are then unused.
 
     Returns:
       `(codes, lengths)`: int32 `[B, Q, T]` with `T = max(lengths)` (frames at or after a
       sequence's length hold `config.pad_id`), and int32 `[B]`.
     """
-    args = self.sampling_args(input_codes, speaker, emotion, temperature, top_k, top_p, seed)
-    codes, lengths = generation.generate(*args, max_frames=max_frames)
+    if beam_size > 0:
+      codes, speaker, emotion = self._batch(input_codes, speaker, emotion)
+      codes, lengths, _ = generation.beam_search(
+          self.model, self.variables, codes, speaker, emotion, max_frames=max_frames,
+          beam_size=beam_size, length_penalty=jnp.float32(length_penalty))
+    else:
+      args = self.sampling_args(input_codes, speaker, emotion, temperature, top_k, top_p, seed)
+      codes, lengths = generation.generate(*args, max_frames=max_frames)
     lengths = np.asarray(lengths)
     return np.asarray(codes)[..., :int(lengths.max(initial=0))], lengths
 
