@@ -2,7 +2,7 @@ r"""The end-to-end conversation demo: spoken Telugu question in, spoken Telugu a
 
     python tools/conversation_demo.py --workdir=runs/conversation_demo
 
-From a fresh clone on 2 CPU cores (33 minutes measured; README "The conversation demo"), five
+From a fresh clone on 2 CPU cores (35 to 38 minutes; README "The conversation demo"), five
 stages, each an ordinary command of this project that the driver prints before running it:
 
   1. `tools/make_speech_corpus.py`: a small synthetic Telugu speech corpus (espeak-ng + Festival)
@@ -59,7 +59,8 @@ def stages(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
                f"--config.data.validation_shards={w}/pairs/codes/validation_voices-*.arrayrecord"]),
       ("evaluation", [python, "tools/evaluate_conversations.py", f"--codec={w}/codec",
                       f"--s2s={w}/s2s", f"--pairs={w}/pairs", f"--output={w}/report",
-                      "--split=validation_voices,validation", "--num_samples=4"]),
+                      "--split=validation_voices,validation", f"--max_pairs={args.eval_pairs}",
+                      "--num_samples=4"]),
   ]
 
 
@@ -70,11 +71,13 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--codec_hours", type=float, default=0.25,
                       help="hours of synthetic speech for the codec")
   parser.add_argument("--codec_epochs", type=int, default=15, help="codec training epochs")
-  parser.add_argument("--pairs", type=int, default=1200, help="question -> answer pairs")
+  parser.add_argument("--pairs", type=int, default=3000, help="question -> answer pairs")
   parser.add_argument("--topics", default=DEFAULT_TOPICS, help="topics of the text set")
-  parser.add_argument("--validation_voices_fraction", type=float, default=0.15,
+  parser.add_argument("--validation_voices_fraction", type=float, default=0.06,
                       help="share of training-text pairs asked in held-out voices")
   parser.add_argument("--s2s_steps", type=int, default=1500, help="S2S training steps")
+  parser.add_argument("--eval_pairs", type=int, default=150,
+                      help="questions evaluated per split (the first N)")
   args = parser.parse_args(argv)
   os.makedirs(args.workdir, exist_ok=True)
 
