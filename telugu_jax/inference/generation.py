@@ -285,6 +285,16 @@ class IncrementalEncoder:
     return memory, mask
 
 
+def _fed_back(c, t: jax.Array, sampled: jax.Array, lengths: jax.Array) -> jax.Array:
+  """The decoder input `[B, Q]` after step `t`: each level's sampled code, or the start id before
+  its first frame, end-of-speech at the sequence's length and padding after it."""
+  frame = t - jnp.asarray(c.level_delays)[None, :]  # [1, Q] frame carried by each level
+  length = lengths[:, None]
+  return jnp.where(frame < 0, c.start_id,
+                   jnp.where(frame == length, c.eos_id,
+                             jnp.where(frame > length, c.pad_id, sampled)))
+
+
 def _step(model: S2STransformer, variables: Variables, state: State, sampling: Sampling) -> State:
   c = model.config
   t = state["index"]
@@ -297,11 +307,7 @@ def _step(model: S2STransformer, variables: Variables, state: State, sampling: S
     logits = logits.at[:, 1:, c.eos_id].set(-jnp.inf)  # only level 0 decides the end
     sampled = sample_logits(logits, jax.random.fold_in(state["key"], t), sampling)
     lengths = jnp.where((sampled[:, 0] == c.eos_id) & (t < lengths), t, lengths)
-    frame = t - jnp.asarray(c.level_delays)[None, :]  # [1, Q] frame carried by each level
-    length = lengths[:, None]
-    tokens = jnp.where(frame < 0, c.start_id,
-                       jnp.where(frame == length, c.eos_id,
-                                 jnp.where(frame > length, c.pad_id, sampled)))
+    tokens = _fed_back(c, t, sampled, lengths)
   buffer = jax.lax.dynamic_update_slice_in_dim(state["buffer"], tokens[:, :, None], t, axis=2)
   return {**state, "cache": cache, "tokens": tokens, "index": t + 1, "lengths": lengths,
           "buffer": buffer}
@@ -359,10 +365,7 @@ def _beam_step(model: S2STransformer, variables: Variables, state: State, beam_s
   sampled = jnp.argmax(log_probs, axis=-1)[parent].at[:, 0].set(code0)
   lengths = lengths[parent]
   lengths = jnp.where((code0 == c.eos_id) & (t < lengths), t, lengths)
-  length = lengths[:, None]
-  tokens = jnp.where(frame < 0, c.start_id,
-                     jnp.where(frame == length, c.eos_id,
-                               jnp.where(frame > length, c.pad_id, sampled)))
+  tokens = _fed_back(c, t, sampled, lengths)
   buffer = jax.lax.dynamic_update_slice_in_dim(state["buffer"][parent], tokens[:, :, None], t,
                                                axis=2)
   return {**state, "cache": cache, "tokens": tokens, "index": t + 1, "lengths": lengths,
