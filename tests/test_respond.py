@@ -115,7 +115,7 @@ def test_responder_prepares_like_training_and_derives_the_frame_rate(models, oth
 
   # Beam search of width 1 is greedy decoding.
   greedy, _ = responder.respond(tone(0.5, 16000), max_seconds=float(MAX_SECONDS), temperature=0.0)
-  beam, timings = responder.respond(tone(0.5, 16000), max_seconds=float(MAX_SECONDS), beam_size=1)
+  beam, _ = responder.respond(tone(0.5, 16000), max_seconds=float(MAX_SECONDS), beam_size=1)
   np.testing.assert_array_equal(beam, greedy)
 
   with pytest.raises(ValueError, match="8 levels of 32 codes, the S2S model 8 levels of 16"):

@@ -41,9 +41,9 @@ def stream(model, variables, inputs, sampling=GREEDY, seed=0, max_frames=12, fra
 
 
 @functools.partial(jax.jit, static_argnames="model")
-def teacher_forced_logits(model, variables, inputs, targets):
+def teacher_forced_logits(model, variables, inputs, targets, lengths=None):
   speaker = jnp.zeros(inputs.shape[0], jnp.int32)
-  batch = teacher_forcing(model.config, targets)
+  batch = teacher_forcing(model.config, targets, lengths)
   return model.apply(variables, inputs, batch.decoder_input, speaker, speaker)
 
 
@@ -211,7 +211,7 @@ def answer_log_prob(model, variables, inputs, codes, lengths, max_frames=12):
   (end-of-speech excluded from their classes)."""
   c = model.config
   forcing = teacher_forcing(c, codes, lengths)
-  logits = teacher_forced_logits_of(model, variables, inputs, forcing.decoder_input)
+  logits = teacher_forced_logits(model, variables, inputs, codes, lengths)
   logits = logits.at[:, 1:, :, c.eos_id].set(-jnp.inf)
   log_probs = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), forcing.targets[..., None],
                                   -1)[..., 0]
@@ -220,12 +220,6 @@ def answer_log_prob(model, variables, inputs, codes, lengths, max_frames=12):
   counted = ((forcing.weights > 0) & ((forcing.targets != c.eos_id) | (level == 0))
              & ~((forcing.targets == c.eos_id) & cut))
   return np.asarray(jnp.sum(jnp.where(counted, log_probs, 0.0), axis=(1, 2)))
-
-
-@functools.partial(jax.jit, static_argnames="model")
-def teacher_forced_logits_of(model, variables, inputs, decoder_input):
-  speaker = jnp.zeros(inputs.shape[0], jnp.int32)
-  return model.apply(variables, inputs, decoder_input, speaker, speaker)
 
 
 def with_flatter_heads(variables, scale: float):
@@ -269,8 +263,7 @@ def test_beam_search_scores_its_answers_and_beats_greedy(tiny, head_scale, eos_b
       assert np.all(log_prob >= greedy_log_prob - 1e-5)
       assert np.any(log_prob > greedy_log_prob + 1e-3)  # the beam finds more likely answers
     # Levels 1.. hold their most likely codes given the beam's past.
-    forcing = teacher_forcing(c, codes, lengths)
-    logits = teacher_forced_logits_of(model, variables, inputs, forcing.decoder_input)
+    logits = teacher_forced_logits(model, variables, inputs, codes, lengths)
     best = undelay(jnp.argmax(logits.at[:, 1:, :, c.eos_id].set(-jnp.inf), -1), c.level_delays)
     for b, length in enumerate(lengths):
       np.testing.assert_array_equal(best[b, 1:, :length], np.asarray(codes)[b, 1:, :length])

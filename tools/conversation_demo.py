@@ -2,8 +2,9 @@ r"""The end-to-end conversation demo: spoken Telugu question in, spoken Telugu a
 
     python tools/conversation_demo.py --workdir=runs/conversation_demo
 
-From a fresh clone on 2 CPU cores (35 to 38 minutes; README "The conversation demo"), five
-stages, each an ordinary command of this project that the driver prints before running it:
+From a fresh clone on 2 CPU cores (about 35 to 38 minutes, from stage times; README "The
+conversation demo"), five stages, each an ordinary command of this project that the driver
+prints before running it:
 
   1. `tools/make_speech_corpus.py`: a small synthetic Telugu speech corpus (espeak-ng + Festival)
      for the codec;
