@@ -227,6 +227,13 @@ def test_tiny_synthesis_run_resumes_and_is_deterministic(engines, text_set, tmp_
     np.testing.assert_array_equal(other[key][1], answer)
 
 
+def test_festival_speaks_below_its_lowest_f0(engines):
+  # Festival's Telugu voice aborts on an f0 mean of 80 Hz: it is raised to FESTIVAL_MIN_F0.
+  low = conversations.Voice("low", "festival", "", 80.0, 9.0, 0.94)
+  (wave,) = conversations.synthesize([("శుభోదయం!", low)])
+  assert not isinstance(wave, conversations.SynthesisError) and wave.size > 1000
+
+
 def test_emotion_prosody_changes_the_answer(engines):
   text = "నేను బాగున్నాను, ధన్యవాదాలు."
   waves = {}

@@ -744,12 +744,18 @@ def _espeak(text: str, voice: Voice, path: str) -> None:
     raise SynthesisError(f"espeak-ng failed ({result.returncode}) on {text!r}: {result.stderr}")
 
 
+FESTIVAL_MIN_F0 = 90.0
+"""Festival's Telugu diphone voice aborts (heap corruption) on f0 means below about 88 Hz: lower
+ones are raised to this."""
+
+
 def _festival_script(items: Sequence[tuple[str, Voice, str]]) -> str:
   lines = ["(voice_telugu_NSK_diphone)", "(Parameter.set 'Int_Method 'Simple)"]
   for text, voice, path in items:
     quoted = text.replace("\\", "\\\\").replace('"', '\\"')
+    f0_mean = max(voice.pitch, FESTIVAL_MIN_F0)
     lines += [
-        f"(set! int_simple_params '((f0_mean {voice.pitch:.2f}) (f0_std {voice.pitch_range:.2f})))",
+        f"(set! int_simple_params '((f0_mean {f0_mean:.2f}) (f0_std {voice.pitch_range:.2f})))",
         f"(Parameter.set 'Duration_Stretch {1.0 / voice.speed:.4f})",
         f'(set! utt (Utterance Text "{quoted}"))',
         "(utt.synth utt)",
