@@ -153,18 +153,21 @@ def test_end_to_end_on_a_tiny_pair_folder(tmp_path, capsys):
       assert tool.dtw_distance(tool.log_mel(waves["answer"]), tool.log_mel(
           waves["reference"])) == pytest.approx(float(row["dtw_right"]), rel=0.05)
 
-  # Against the recorded references, with DNSMOS; then checkpoints that do not fit: one line,
-  # exit code 1.
+  # Against the recorded references, with DNSMOS of the first answer only; then checkpoints that
+  # do not fit: one line, exit code 1.
   assert tool.main([f"--codec={codec_dir}", f"--s2s={s2s_dir}", f"--pairs={pairs}",
-                    f"--output={tmp_path / 'original'}", "--max_seconds=0.15", "--max_pairs=1",
-                    "--split=validation_voices", "--references=original"]) == 0
+                    f"--output={tmp_path / 'original'}", "--max_seconds=0.15", "--max_pairs=2",
+                    "--split=validation_voices", "--references=original",
+                    "--dnsmos_pairs=1"]) == 0
   report = (tmp_path / "original" / "report.md").read_text(encoding="utf-8")
   assert "the recorded answer audio (not through the codec)" in report
+  assert "DNSMOS OVRL of the first 1 answers" in report
   with open(tmp_path / "original" / "per_pair.csv", encoding="utf-8") as f:
-    (row,) = list(csv.DictReader(f))
+    row, unrated = list(csv.DictReader(f))
   assert row["key"] == "validation_voices/0" and row["frames"] == rows[0]["frames"]
   if int(row["frames"]):
     assert all(1.0 <= float(row[f"dnsmos_{k}"]) <= 5.0 for k in tool.DNSMOS)
+  assert unrated["key"] == "validation_voices/1" and unrated["dnsmos_ovrl"] == "nan"
   capsys.readouterr()
   other = save_tiny_s2s(str(tmp_path / "other"), vocab_size=16)
   mismatch = "do not match: the codec has 8 levels of 32 codes, the S2S model 8 levels of 16"

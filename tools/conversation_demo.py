@@ -15,7 +15,8 @@ prints before running it:
      texts never trained on;
   4. `configs/s2s.py:conversation_demo`: the S2S model trained from scratch on the code pairs;
   5. `tools/evaluate_conversations.py`: every validation question answered, decoded, and matched
-     to the nearest candidate answer by DTW on log-mel (answer accuracy against chance).
+     to the nearest candidate answer by DTW on log-mel (answer accuracy against chance); DNSMOS
+     of the first 30 answers of each split.
 
 Every stage resumes (its tool does): rerunning after an interruption continues where it stopped.
 Needs `apt-get install espeak-ng festival festvox-te-nsk`. The timings of the stages and the
@@ -52,7 +53,7 @@ def stages(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
                  f"--pairs={args.pairs}", f"--seed={args.seed}", f"--topics={args.topics}",
                  "--fixed_only", "--speakers=male_young", "--emotions=neutral",
                  f"--validation_voices_fraction={args.validation_voices_fraction}",
-                 "--augment=0", f"--codec={w}/codec"]),
+                 "--augment=0", f"--workers={os.cpu_count() or 1}", f"--codec={w}/codec"]),
       ("s2s", [python, "-m", "telugu_jax.main", "--config=configs/s2s.py:conversation_demo",
                f"--workdir={w}/s2s", f"--config.total_steps={args.s2s_steps}",
                f"--config.seed={args.seed}", f"--config.codec_checkpoint={w}/codec",
@@ -61,7 +62,7 @@ def stages(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
       ("evaluation", [python, "tools/evaluate_conversations.py", f"--codec={w}/codec",
                       f"--s2s={w}/s2s", f"--pairs={w}/pairs", f"--output={w}/report",
                       "--split=validation_voices,validation", f"--max_pairs={args.eval_pairs}",
-                      "--num_samples=4"]),
+                      "--num_samples=4", "--dnsmos_pairs=30"]),
   ]
 
 

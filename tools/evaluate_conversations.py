@@ -295,6 +295,7 @@ SPLIT_TITLES = {
 
 def write_report(path: str, summary: dict) -> None:
   s = summary["settings"]
+  rated = f"first {s['dnsmos_pairs']} " if s.get("dnsmos_pairs") else ""
   reference_kind = ("encoded and decoded by the same codec" if s["references"] == "codec"
                     else "the recorded answer audio (not through the codec)")
   lines = [
@@ -329,7 +330,7 @@ def write_report(path: str, summary: dict) -> None:
         f"| MCD to the right answer (dB) ↓ | {_pm(result['mcd_mean'], result['mcd_std'])} |",
         f"| answers that end (end-of-speech in time) ↑ | {100 * result['ended_fraction']:.1f}% |",
         f"| answer / reference duration (mean ratio) | {_fmt(result['duration_ratio_mean'])} |",
-        *(f"| DNSMOS {k.upper()} of the answers ↑ | {_fmt(result[f'dnsmos_{k}_mean'])} |"
+        *(f"| DNSMOS {k.upper()} of the {rated}answers ↑ | {_fmt(result[f'dnsmos_{k}_mean'])} |"
           for k in DNSMOS),
         f"| real-time factor (mean) | {_fmt(result['rtf_mean'], 2)} |", "",
     ]
@@ -399,12 +400,16 @@ def main(argv: list[str] | None = None) -> int:
                       help="pairs per split written as WAVs and spectrograms")
   parser.add_argument("--no_dnsmos", dest="dnsmos", action="store_false",
                       help="skip DNSMOS (about a second per answer on a CPU)")
+  parser.add_argument("--dnsmos_pairs", type=int, default=0,
+                      help="DNSMOS of the first N answers per split only (0 = all)")
   args = parser.parse_args(argv)
   splits = [s for s in args.split.split(",") if s]
   if not splits or set(splits) - set(SPLITS):
     parser.error(f"--split takes splits among {SPLITS}, got {args.split!r}")
   if not args.max_seconds > 0 or (args.max_pairs is not None and args.max_pairs < 1):
     parser.error("--max_seconds and --max_pairs must be positive")
+  if args.dnsmos_pairs < 0:
+    parser.error(f"--dnsmos_pairs must be 0 (all) or positive, got {args.dnsmos_pairs}")
   if args.beam_size < 0:
     parser.error(f"--beam_size must be 0 (sampling) or positive, got {args.beam_size}")
 
@@ -454,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
           skipped.append(f"{pair.split} {pair.key}: {e}")
           continue
         candidates = references[pair.speaker_id]
-        row = score_answer(pair, answer, timings, candidates, args.dnsmos)
+        rate = args.dnsmos and (not args.dnsmos_pairs or len(split_rows) < args.dnsmos_pairs)
+        row = score_answer(pair, answer, timings, candidates, rate)
         if len(split_rows) < args.num_samples:
           reference = next(c.wave for c in candidates if c.identity == pair.identity)
           samples.append(write_sample(args.output, len(split_rows), pair, answer, reference,
@@ -475,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
           "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
           "seed": args.seed, "beam_size": args.beam_size, "max_seconds": args.max_seconds,
           "max_frames": responder.max_frames(args.max_seconds),
-          "frame_rate": responder.frame_rate, "dnsmos": args.dnsmos},
+          "frame_rate": responder.frame_rate, "dnsmos": args.dnsmos,
+          "dnsmos_pairs": args.dnsmos_pairs},
       "splits": results,
       "samples": samples,
       "skipped": skipped,
