@@ -86,6 +86,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # 0, or batches of similar length: the examples of each run of this many batches are
       # sorted by length before they are batched (less padding; the batches come in random order).
       length_window=0,
+      # With a question CTC head (model.question_ctc_vocab): the longest question transcript in
+      # characters; longer ones (and truncated questions) train without it.
+      max_text_tokens=200,
       num_workers=0,  # grain worker processes per host
   ))
 
@@ -103,6 +106,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # the question, the rest follows from its own past. 0 frames = off (the original's mean).
       answer_start_frames=0,
       answer_start_weight=1.0,
+      # Weight of the auxiliary CTC loss of the question CTC head (nats per transcript character)
+      # added to the cross-entropy; 0 = off (the original's training). Needs
+      # model.question_ctc_vocab = data.transcripts.VOCAB_SIZE and pair shards with transcripts.
+      question_ctc_weight=0.0,
   ))
   # "all", or "style": only the style embeddings and the last `last_decoder_layers` decoder
   # layers (BatchNorm statistics then stay as loaded).

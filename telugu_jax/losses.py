@@ -1,5 +1,5 @@
 """Losses: the codec GAN's (hinge adversarial, feature matching, L1, residual-VQ, multi-scale
-mel) and the S2S model's masked cross-entropy over code levels.
+mel), the S2S model's masked cross-entropy over code levels and its auxiliary CTC on transcripts.
 
 All reduce to float32 scalars. The discriminator outputs are `(logits, features)` as returned by
 `telugu_jax.models.discriminators.Discriminator`: 8 logits and 8 lists of feature maps.
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from telugu_jax.models.layers import stft
 
@@ -185,3 +186,27 @@ def masked_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Arr
   correct = (first_max == targets).astype(jnp.float32)
   return loss, {"nll": jnp.sum(nll * weights, axis=(0, 2)),
                 "correct": jnp.sum(correct * weights, axis=(0, 2)), "count": count}
+
+
+def transcript_ctc(logits: jax.Array, frame_lengths: jax.Array, labels: jax.Array,
+                   label_lengths: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """CTC of per-frame character logits against transcripts (blank id 0), per character.
+
+  Args:
+    logits: `[B, T, C]`; frames at or past `frame_lengths [B]` are padding.
+    labels: int `[B, N]`; `label_lengths [B]` of them count; rows with 0 (no transcript) are
+      left out.
+  Returns:
+    `(loss, sums)`: the loss is the summed negative log-likelihood of the rows with a transcript
+    over their summed lengths (nats per character; 0 when no row has one); `sums` holds `nll`
+    and `characters` for aggregation over batches.
+  """
+  frames = jnp.arange(logits.shape[1])[None, :]
+  logit_paddings = (frames >= frame_lengths[:, None]).astype(jnp.float32)
+  label_paddings = (jnp.arange(labels.shape[1])[None, :] >= label_lengths[:, None]).astype(
+      jnp.float32)
+  per_row = optax.ctc_loss(logits.astype(jnp.float32), logit_paddings, labels, label_paddings)
+  has_text = label_lengths > 0
+  nll = jnp.sum(jnp.where(has_text, per_row, 0.0))
+  characters = jnp.sum(jnp.where(has_text, label_lengths, 0)).astype(jnp.float32)
+  return nll / jnp.maximum(characters, 1.0), {"nll": nll, "characters": characters}

@@ -42,6 +42,7 @@ import numpy as np
 
 from telugu_jax.data import audio
 from telugu_jax.data import records
+from telugu_jax.data import transcripts
 
 Sources = Union[
     str, os.PathLike, Sequence[Union[str, os.PathLike]], grain.sources.RandomAccessDataSource
@@ -591,7 +592,13 @@ class CodesWindow(_CodesTransformBase):
 
 
 class PairFit(_CodesTransformBase):
-  """Pair record -> question and answer truncated (at the end) or end-padded, masks, style."""
+  """Pair record -> question and answer truncated (at the end) or end-padded, masks, style.
+
+  With `max_text_tokens` > 0 also the question's transcript (`question_text` in the record's
+  metadata) as character ids (`transcripts.fit`): `question_text` int32 `[max_text_tokens]` and
+  `question_text_lengths`, 0 where there is no usable transcript (none, too long, or the
+  question was truncated).
+  """
 
   def __init__(
       self,
@@ -600,10 +607,12 @@ class PairFit(_CodesTransformBase):
       num_quantizers: int | None = None,
       pad_value: int = 0,
       vocab_size: int | None = None,
+      max_text_tokens: int = 0,
   ):
     super().__init__(num_quantizers, pad_value, vocab_size)
     self.max_question_frames = max_question_frames
     self.max_answer_frames = max_answer_frames
+    self.max_text_tokens = max_text_tokens
 
   def random_map(self, element, rng: np.random.Generator | None):
     del rng  # Pairs are kept whole (up to truncation); no randomness.
@@ -611,8 +620,15 @@ class PairFit(_CodesTransformBase):
     if isinstance(decoded, _Corrupt):
       return decoded
     arrays, meta = decoded
-    return _pair_example(arrays["question"], arrays["answer"], self.max_question_frames,
-                         self.max_answer_frames, self.pad_value, meta, self._style(meta))
+    example = _pair_example(arrays["question"], arrays["answer"], self.max_question_frames,
+                            self.max_answer_frames, self.pad_value, meta, self._style(meta))
+    if self.max_text_tokens > 0:
+      frames = arrays["question"].shape[1]
+      whole = frames if frames <= self.max_question_frames else 0
+      example["question_text"], example["question_text_lengths"] = transcripts.fit(
+          meta.get("question_text"), self.max_text_tokens, whole)
+    return example
+
 
 def _pair_example(question: np.ndarray, answer: np.ndarray, max_question_frames: int,
                   max_answer_frames: int, pad_value: int, meta: Mapping[str, Any],
@@ -718,6 +734,7 @@ def s2s_pair_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     length_window: int = 0,
+    max_text_tokens: int = 0,
 ) -> grain.DatasetIterator:
   """Infinite, shuffled batches of question->answer code pairs for S2S stage 2.
 
@@ -735,15 +752,19 @@ def s2s_pair_iterator(
     process_count: number of processes (default `jax.process_count()`).
     length_window: 0, or batches of similar length: the examples of each run of
       `length_window` batches sorted by length before batching (`LengthGroupedBatch`).
+    max_text_tokens: 0, or also the questions' transcripts as character ids (`PairFit`).
 
   Returns:
     A grain `DatasetIterator` of `{"question": int32 [B, n_q, Fq], "question_mask": bool [B, Fq],
     "question_lengths": int32 [B], "answer": int32 [B, n_q, Fa], "answer_mask": bool [B, Fa],
-    "answer_lengths": int32 [B], "speaker": int32 [B], "emotion": int32 [B]}`.
+    "answer_lengths": int32 [B], "speaker": int32 [B], "emotion": int32 [B]}`, and with
+    `max_text_tokens`, `"question_text": int32 [B, max_text_tokens]`,
+    `"question_text_lengths": int32 [B]`.
   """
   return _training_iterator(
       shard_paths,
-      PairFit(max_question_frames, max_answer_frames, num_quantizers, pad_value, vocab_size),
+      PairFit(max_question_frames, max_answer_frames, num_quantizers, pad_value, vocab_size,
+              max_text_tokens),
       batch_size=batch_size,
       seed=seed,
       num_workers=num_workers,

@@ -64,6 +64,9 @@ class S2SConfig:
       `rope.inv_freq` buffer).
     layer_scale_init: initial LayerScale value (the original's `layer_scale` init).
     max_seq_len: the original's setting; no module depends on it (rotary positions need no table).
+    question_ctc_vocab: 0, or the classes (blank included) of an auxiliary head on the encoder
+      output that reads the question's transcript, trained with CTC (training only; fixed
+      variant; `data.transcripts.VOCAB_SIZE`).
   """
 
   hidden_dim: int = 512
@@ -85,6 +88,7 @@ class S2SConfig:
   delays: tuple[int, ...] = ()
   rope_base: float = 10000.0
   layer_scale_init: float = 0.1
+  question_ctc_vocab: int = 0
 
   def __post_init__(self):
     object.__setattr__(self, "delays", tuple(int(d) for d in self.delays))
@@ -105,6 +109,8 @@ class S2SConfig:
         raise ValueError(f"delays must be >= 0 with delays[0] == 0, got {self.delays}")
       if self.is_original and any(self.delays):
         raise ValueError("the original variant has no delay pattern")
+    if self.question_ctc_vocab and self.is_original:
+      raise ValueError("the original variant has no question CTC head")
 
   @property
   def is_original(self) -> bool:
@@ -725,6 +731,8 @@ class S2STransformer(nn.Module):
     self.decoder_layers = [DecoderLayer(c) for _ in range(c.num_decoder_layers)]
     self.decoder_norm = _layer_norm()
     self.output_heads = [_dense(c.num_outputs) for _ in range(c.num_quantizers)]
+    if c.question_ctc_vocab:
+      self.question_ctc_head = _dense(c.question_ctc_vocab)
 
   def _embed(self, codes: jax.Array, style: jax.Array) -> jax.Array:
     """`[B, Q, T]` codes → `[B, T, D]` concatenated level embeddings plus the style vector."""
@@ -804,11 +812,16 @@ class S2STransformer(nn.Module):
     return self._heads(x)
 
   def __call__(self, input_codes: jax.Array, decoder_input: jax.Array, speaker: jax.Array,
-               emotion: jax.Array, deterministic: bool = True) -> jax.Array:
-    """Teacher-forced logits `[B, Q, T, V]` (see `teacher_forcing` for the decoder input)."""
+               emotion: jax.Array, deterministic: bool = True, with_question_ctc: bool = False
+               ) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Teacher-forced logits `[B, Q, T, V]` (see `teacher_forcing` for the decoder input); with
+    `with_question_ctc`, also the CTC head's logits over the encoder output `[B, S, C]`."""
     style = self.style(speaker, emotion, deterministic)
     memory, memory_mask = self.encode(input_codes, style, deterministic)
-    return self.decode(decoder_input, style, memory, memory_mask, deterministic)
+    logits = self.decode(decoder_input, style, memory, memory_mask, deterministic)
+    if not with_question_ctc:
+      return logits
+    return logits, self.question_ctc_head(memory)
 
   def init_cache(self, style: jax.Array, memory: jax.Array, memory_mask: jax.Array,
                  length: int) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import optax
 from absl import logging
 
 from telugu_jax import checkpoints, losses
-from telugu_jax.data import pipelines, records, sample_corpus
+from telugu_jax.data import pipelines, records, sample_corpus, transcripts
 from telugu_jax.models.s2s import S2SConfig, S2STransformer, teacher_forcing
 from telugu_jax.train import loop, sharding
 
@@ -91,7 +91,8 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any) -> optax.Grad
 def init_variables(config: ml_collections.ConfigDict, rng: jax.Array) -> dict[str, Any]:
   c = model_config(config)
   b = _dummy_batch(c)
-  return S2STransformer(c).init(rng, b["question"], b["answer"], b["speaker"], b["emotion"])
+  return S2STransformer(c).init(rng, b["question"], b["answer"], b["speaker"], b["emotion"],
+                                with_question_ctc=bool(c.question_ctc_vocab))
 
 
 def init_state(config: ml_collections.ConfigDict, rng: jax.Array) -> State:
@@ -115,20 +116,33 @@ def load_variables(path: str, config: ml_collections.ConfigDict) -> dict[str, An
   """The parameters and BatchNorm statistics of an S2S checkpoint (a training workdir of any
   stage, or a converted original checkpoint) for `config.model`.
 
+  The question CTC head (training only) may be on one side only: a head the checkpoint lacks
+  starts from flax's default initialisation (seed `config.seed`), one that `config.model` lacks
+  is not read.
+
   Raises:
     ValueError: another task, or a model configuration that differs from `config.model` in
-      anything but dropout (naming the differing keys).
+      anything but dropout and the question CTC head (naming the differing keys).
   """
   root, meta = checkpoints.read_model_meta(path, "s2s")
   saved = S2SConfig.from_dict({**meta["model"], "variant": meta["variant"]}).to_dict()
   wanted = model_config(config).to_dict()
-  differing = sorted(k for k in wanted if k != "dropout" and saved.get(k) != wanted[k])
+  differing = sorted(k for k in wanted if k != "dropout" and saved.get(k) != wanted[k]
+                     and not (k == "question_ctc_vocab" and not (saved[k] and wanted[k])))
   if differing:
     raise ValueError(f"{path}: its S2S model differs from config.model in "
                      + ", ".join(f"{k} ({saved.get(k)} vs {wanted[k]})" for k in differing))
   abstract = jax.eval_shape(lambda: init_variables(config, jax.random.key(0)))
-  return checkpoints.restore_subtree(root, {"params": abstract["params"],
-                                            "batch_stats": abstract["batch_stats"]})
+  params = dict(abstract["params"])
+  new_head = params.pop("question_ctc_head") if wanted["question_ctc_vocab"] and not saved[
+      "question_ctc_vocab"] else None
+  variables = checkpoints.restore_subtree(root, {"params": params,
+                                                 "batch_stats": abstract["batch_stats"]})
+  if new_head is not None:
+    fresh = jax.jit(lambda rng: init_variables(config, rng))(jax.random.key(config.seed))
+    variables["params"] = {**variables["params"],
+                           "question_ctc_head": fresh["params"]["question_ctc_head"]}
+  return variables
 
 
 # --- the update -----------------------------------------------------------------------------------
@@ -154,10 +168,10 @@ def corrupt_codes(rng: jax.Array, codes: jax.Array, fraction: float, vocab_size:
 def _forward(model: S2STransformer, variables: dict, batch: dict, compute_dtype: str,
              deterministic: bool, rng: jax.Array | None = None, input_noise: float = 0.0,
              input_blank: float = 0.0):
-  """Teacher-forced logits and the batch's `TeacherForcing`; with `deterministic=False` also
-  the updated BatchNorm statistics, and `input_noise` of the decoder's input codes and all of
-  them in `input_blank` of the examples replaced by random ones (`corrupt_codes`; the targets
-  stay)."""
+  """Teacher-forced logits (with a question CTC head, `(logits, ctc_logits)`) and the batch's
+  `TeacherForcing`; with `deterministic=False` also the updated BatchNorm statistics, and
+  `input_noise` of the decoder's input codes and all of them in `input_blank` of the examples
+  replaced by random ones (`corrupt_codes`; the targets stay)."""
   c = model.config
   forcing = teacher_forcing(c, batch["answer"], batch["answer_lengths"])
   if compute_dtype == "bfloat16":
@@ -169,11 +183,27 @@ def _forward(model: S2STransformer, variables: dict, batch: dict, compute_dtype:
     decoder_input = corrupt_codes(noise_rng, decoder_input, input_noise, c.vocab_size,
                                   input_blank)
   args = (batch["question"], decoder_input, batch["speaker"], batch["emotion"])
+  with_ctc = bool(c.question_ctc_vocab)
   if deterministic:
-    return model.apply(variables, *args), forcing, None
+    return model.apply(variables, *args, with_question_ctc=with_ctc), forcing, None
   logits, updates = model.apply(variables, *args, deterministic=False,
-                                rngs={"dropout": rng}, mutable=["batch_stats"])
+                                with_question_ctc=with_ctc, rngs={"dropout": rng},
+                                mutable=["batch_stats"])
   return logits, forcing, updates["batch_stats"]
+
+
+def question_ctc(c: S2SConfig, outputs, batch: dict) -> tuple[jax.Array, jax.Array, dict]:
+  """`(logits, ctc_loss, ctc_sums)` of the model's outputs: without a question CTC head
+  (`c.question_ctc_vocab` 0) the loss is 0 and the sums are empty."""
+  if not c.question_ctc_vocab:
+    return outputs, jnp.zeros((), jnp.float32), {}
+  logits, ctc_logits = outputs
+  lengths = batch["question_text_lengths"]
+  if "valid" in batch:
+    lengths = jnp.where(batch["valid"], lengths, 0)
+  loss, sums = losses.transcript_ctc(ctc_logits, batch["question_lengths"],
+                                     batch["question_text"], lengths)
+  return logits, loss, sums
 
 
 def _level_weights(config: ml_collections.ConfigDict) -> tuple[float, ...] | None:
@@ -230,17 +260,19 @@ def make_train_step(config: ml_collections.ConfigDict, params: Any
     rng = jax.random.fold_in(base_rng, state["step"])
 
     def loss_fn(params):
-      logits, forcing, batch_stats = _forward(
+      outputs, forcing, batch_stats = _forward(
           model, {"params": params, "batch_stats": state["batch_stats"]}, batch,
           config.compute_dtype, deterministic=False, rng=rng,
           input_noise=config.decoder_input_noise, input_blank=config.decoder_input_blank)
+      logits, ctc_loss, _ = question_ctc(c, outputs, batch)
       loss, sums = losses.masked_cross_entropy(
           logits, forcing.targets, forcing.weights, config.loss.label_smoothing, level_weights,
           answer_start_emphasis(config, forcing.targets.shape[-1]))
-      return loss, (sums, end_of_speech_hits(c, logits, forcing), batch_stats)
+      total = loss + config.loss.question_ctc_weight * ctc_loss
+      return total, (loss, ctc_loss, sums, end_of_speech_hits(c, logits, forcing), batch_stats)
 
-    (loss, (sums, eos, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"])
+    (_, (loss, ctc_loss, sums, eos, batch_stats)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state["params"])
     updates, opt = tx.update(grads, state["opt"], state["params"])
     new_state = {"params": optax.apply_updates(state["params"], updates),
                  "batch_stats": state["batch_stats"] if frozen_statistics else batch_stats,
@@ -253,6 +285,8 @@ def make_train_step(config: ml_collections.ConfigDict, params: Any
                **{f"accuracy_{q}": accuracy[q] for q in range(c.num_quantizers)}}
     if c.eos_id is not None:
       metrics["eos_accuracy"] = eos["eos_correct"] / jnp.maximum(eos["eos_count"], 1.0)
+    if c.question_ctc_vocab:
+      metrics["question_ctc"] = ctc_loss
     return new_state, metrics
 
   return train_step
@@ -269,7 +303,25 @@ def _transform(config: ml_collections.ConfigDict, stage_data: str
                                     d.min_question_frames, c.num_quantizers, c.pad_id,
                                     c.vocab_size)
   return pipelines.PairFit(d.max_question_frames, d.max_answer_frames, c.num_quantizers,
-                           c.pad_id, c.vocab_size)
+                           c.pad_id, c.vocab_size,
+                           d.max_text_tokens if c.question_ctc_vocab else 0)
+
+
+def check_question_ctc(config: ml_collections.ConfigDict) -> None:
+  """The question CTC loss needs the head, transcripts (pair shards) and room for them."""
+  c, weight = model_config(config), config.loss.question_ctc_weight
+  if weight < 0:
+    raise ValueError(f"loss.question_ctc_weight must be >= 0, got {weight}")
+  if weight > 0 and not c.question_ctc_vocab:
+    raise ValueError("loss.question_ctc_weight > 0 needs the model's question CTC head: set "
+                     f"model.question_ctc_vocab={transcripts.VOCAB_SIZE}")
+  if c.question_ctc_vocab:
+    if c.question_ctc_vocab != transcripts.VOCAB_SIZE:
+      raise ValueError(f"model.question_ctc_vocab must be {transcripts.VOCAB_SIZE} (the "
+                       f"transcript characters of data/transcripts.py), got {c.question_ctc_vocab}")
+    if data_kind(config) != "pairs" or config.data.max_text_tokens <= 0:
+      raise ValueError("the question CTC head reads the questions' transcripts of pair shards: "
+                       "it needs a pair stage and data.max_text_tokens > 0")
 
 
 def data_kind(config: ml_collections.ConfigDict) -> str:
@@ -360,6 +412,9 @@ def trim_batch(batch: dict[str, np.ndarray], config: ml_collections.ConfigDict
              "question_lengths": batch["question_lengths"],
              "answer": batch["answer"][..., :a_width], "answer_lengths": batch["answer_lengths"],
              "speaker": batch["speaker"], "emotion": batch["emotion"]}
+  for key in ("question_text", "question_text_lengths"):
+    if key in batch:
+      trimmed[key] = batch[key]
   rows = batch["question"].shape[0]
   stats = {"frames": float(batch["question_lengths"].sum() + batch["answer_lengths"].sum()),
            "padded_frames": float(rows * (q_width + a_width))}
@@ -376,12 +431,14 @@ def make_eval_step(config: ml_collections.ConfigDict) -> Callable[[dict, dict], 
   model = S2STransformer(c)
 
   def eval_step(variables: dict, batch: dict) -> dict[str, jax.Array]:
-    logits, forcing, _ = _forward(model, variables, batch, config.compute_dtype,
-                                  deterministic=True)
+    outputs, forcing, _ = _forward(model, variables, batch, config.compute_dtype,
+                                   deterministic=True)
+    logits, _, ctc_sums = question_ctc(c, outputs, batch)
     weights = forcing.weights * batch["valid"][:, None, None]
     forcing = forcing._replace(weights=weights)
     _, sums = losses.masked_cross_entropy(logits, forcing.targets, weights)
-    return {**sums, **end_of_speech_hits(c, logits, forcing)}
+    return {**sums, **end_of_speech_hits(c, logits, forcing),
+            **{f"ctc_{k}": v for k, v in ctc_sums.items()}}
 
   return eval_step
 
@@ -395,6 +452,8 @@ def summarize(sums: dict[str, np.ndarray], prefix: str) -> dict[str, float]:
   for q in range(len(nll)):
     results[f"{prefix}accuracy_{q}"] = float(accuracy[q])
     results[f"{prefix}perplexity_{q}"] = float(np.exp(nll[q]))
+  if sums.get("ctc_characters", 0) > 0:
+    results[f"{prefix}question_ctc"] = float(sums["ctc_nll"] / sums["ctc_characters"])
   if sums["eos_count"] > 0:
     results[f"{prefix}eos_accuracy"] = float(sums["eos_correct"] / sums["eos_count"])
     results[f"{prefix}eos_early_rate"] = float(sums["eos_early"] / max(sums["speech_count"], 1))
@@ -455,6 +514,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      f"{COMPUTE_DTYPES}")
   c = model_config(config)
   _level_weights(config)
+  check_question_ctc(config)
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh()
   is_main = jax.process_index() == 0
@@ -472,7 +532,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_iter = pipelines.s2s_split_iterator(train_shards, **common,
                                               min_question_frames=d.min_question_frames)
   else:
-    train_iter = pipelines.s2s_pair_iterator(train_shards, **common)
+    train_iter = pipelines.s2s_pair_iterator(
+        train_shards, **common, max_text_tokens=d.max_text_tokens if c.question_ctc_vocab else 0)
 
   # State: the workdir's checkpoint, else config.init_from, else fresh.
   checkpoint_manager = checkpoints.TrainingCheckpoints(
@@ -515,7 +576,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def evaluate(state, step):
     results = evaluator(state, step)
     if is_main and results:
-      shown = ("val/loss", "val/accuracy", "val/perplexity", "val/eos_accuracy")
+      shown = ("val/loss", "val/accuracy", "val/perplexity", "val/eos_accuracy",
+               "val/question_ctc")
       print(f"eval step {step}: " + " ".join(f"{k} {results[k]:.4g}" for k in shown
                                              if k in results), flush=True)
     return results
@@ -525,7 +587,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       next_batch=next_batch,
       evaluate=evaluate,
       loss_keys=("loss",),
-      progress_keys=("loss", "accuracy", "perplexity", "eos_accuracy", "learning_rate"),
+      progress_keys=("loss", "accuracy", "perplexity", "eos_accuracy", "question_ctc",
+                     "learning_rate"),
       throughput=("frames", "frames/s"),
       best_of=lambda results: -results["val/loss"] if "val/loss" in results else None,
       derived=lambda window: {
