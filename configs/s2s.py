@@ -26,8 +26,8 @@ Variants (`configs/s2s.py:VARIANT`):
                 converted original checkpoint: `--config.init_from=CONVERTED`).
   demo          a small model, stage 1 on the bundled sample corpus (encoded once and cached).
   conversation_demo  the demo's model, stage 2 on the 50 Hz code pairs of the conversation demo
-                (`python tools/conversation_demo.py`, which runs it), with decoder input noise
-                and the answers' first frames weighted up.
+                (`python tools/conversation_demo.py`, which runs it), with decoder input noise,
+                the answers' first frames weighted up and the auxiliary question CTC.
   smoke         a tiny model and a few steps, for tests (on the sample corpus's codes).
 
 The model is the original's size (512 hidden, 8 heads, 6 + 6 layers, 1024 codes x 8 levels) with
@@ -38,7 +38,7 @@ Steps count micro-batches when `optimizer.accumulate_steps` > 1.
 
 import ml_collections
 
-from telugu_jax.data import sample_corpus
+from telugu_jax.data import sample_corpus, transcripts
 from telugu_jax.models.s2s import S2SConfig
 
 STAGES = ("pretrain", "conversation", "style")
@@ -190,6 +190,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Every training answer's level-0 codes differ from all others' by frame 19: these first
       # frames are where the question decides (README "The conversation demo").
       config.loss.answer_start_frames = 24
-      config.loss.answer_start_weight = 8.0
+      config.loss.answer_start_weight = 3.0
+      # The encoder also transcribes the question (auxiliary CTC): it learns what was said, not
+      # who said it, and answers questions in unheard voices far more often (README).
+      config.model.question_ctc_vocab = transcripts.VOCAB_SIZE
+      config.loss.question_ctc_weight = 1.0
+      config.data.max_text_tokens = 64  # the demo's longest question has 45 characters
   config.lock()
   return config

@@ -2,8 +2,9 @@ r"""The end-to-end conversation demo: spoken Telugu question in, spoken Telugu a
 
     python tools/conversation_demo.py --workdir=runs/conversation_demo
 
-From a fresh clone on 2 CPU cores (32.3 minutes measured on a 2-core AMD EPYC; README "The
-conversation demo"), five stages, each an ordinary command of this project that the driver
+From a fresh clone on 2 CPU cores (about 34 minutes on a 2-core AMD EPYC: 32.3 measured end to
+end before the question CTC, whose S2S steps take ~10% longer; README "The conversation demo"),
+five stages, each an ordinary command of this project that the driver
 prints before running it:
 
   1. `tools/make_speech_corpus.py`: a small synthetic Telugu speech corpus (espeak-ng + Festival)
