@@ -101,8 +101,8 @@ def test_question_ctc_head_learns_to_read_the_question(tmp_path):
   train = records.write_code_shards(spelled_pairs(2000, 0), data, split="train")
   held_out = spelled_pairs(32, 1)
   validation = records.write_code_shards(held_out, data, split="validation")
-  config = pair_config(train[0], validation[0], total_steps=150, log_every=50, eval_every=150,
-                       checkpoint_every=150, **{
+  config = pair_config(train[0], validation[0], total_steps=100, log_every=50, eval_every=100,
+                       checkpoint_every=100, **{
                            "optimizer.warmup_steps": 20,
                            "model.question_ctc_vocab": transcripts.VOCAB_SIZE,
                            "loss.question_ctc_weight": 1.0, "data.max_text_tokens": 8})
