@@ -586,7 +586,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       train_step=train_step,
       next_batch=next_batch,
       evaluate=evaluate,
-      loss_keys=("loss",),
+      loss_keys=("loss", "question_ctc") if c.question_ctc_vocab else ("loss",),
       progress_keys=("loss", "accuracy", "perplexity", "eos_accuracy", "question_ctc",
                      "learning_rate"),
       throughput=("frames", "frames/s"),
