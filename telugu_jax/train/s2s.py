@@ -303,8 +303,13 @@ def _transform(config: ml_collections.ConfigDict, stage_data: str
                                     d.min_question_frames, c.num_quantizers, c.pad_id,
                                     c.vocab_size)
   return pipelines.PairFit(d.max_question_frames, d.max_answer_frames, c.num_quantizers,
-                           c.pad_id, c.vocab_size,
-                           d.max_text_tokens if c.question_ctc_vocab else 0)
+                           c.pad_id, c.vocab_size, text_tokens(config))
+
+
+def text_tokens(config: ml_collections.ConfigDict) -> int:
+  """Transcript characters per pair example: `data.max_text_tokens` with a question CTC head,
+  else 0 (no transcripts read)."""
+  return config.data.max_text_tokens if config.model.question_ctc_vocab else 0
 
 
 def check_question_ctc(config: ml_collections.ConfigDict) -> None:
@@ -532,8 +537,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_iter = pipelines.s2s_split_iterator(train_shards, **common,
                                               min_question_frames=d.min_question_frames)
   else:
-    train_iter = pipelines.s2s_pair_iterator(
-        train_shards, **common, max_text_tokens=d.max_text_tokens if c.question_ctc_vocab else 0)
+    train_iter = pipelines.s2s_pair_iterator(train_shards, **common,
+                                             max_text_tokens=text_tokens(config))
 
   # State: the workdir's checkpoint, else config.init_from, else fresh.
   checkpoint_manager = checkpoints.TrainingCheckpoints(
