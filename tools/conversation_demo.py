@@ -2,10 +2,9 @@ r"""The end-to-end conversation demo: spoken Telugu question in, spoken Telugu a
 
     python tools/conversation_demo.py --workdir=runs/conversation_demo
 
-From a fresh clone on 2 CPU cores (about 34 minutes on a 2-core AMD EPYC: 32.3 measured end to
-end before the question CTC, whose S2S steps take ~10% longer; README "The conversation demo"),
-five stages, each an ordinary command of this project that the driver
-prints before running it:
+From a fresh clone on 2 CPU cores (29.9 minutes measured end to end on a 2-core AMD EPYC;
+README "The conversation demo"), five stages, each an ordinary command of this project that the
+driver prints before running it:
 
   1. `tools/make_speech_corpus.py`: a small synthetic Telugu speech corpus (espeak-ng + Festival)
      for the codec;
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--topics", default=DEFAULT_TOPICS, help="topics of the text set")
   parser.add_argument("--validation_voices_fraction", type=float, default=0.06,
                       help="share of training-text pairs asked in held-out voices")
-  parser.add_argument("--s2s_steps", type=int, default=1500, help="S2S training steps")
+  parser.add_argument("--s2s_steps", type=int, default=2500, help="S2S training steps")
   parser.add_argument("--eval_pairs", type=int, default=150,
                       help="questions evaluated per split (the first N)")
   args = parser.parse_args(argv)
