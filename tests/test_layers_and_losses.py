@@ -166,6 +166,25 @@ def test_multiscale_mel_matches_librosa():
   assert float(losses.multiscale_mel(jnp.asarray(x), jnp.asarray(x))) == 0.0
 
 
+def test_negative_si_sdr_by_hand():
+  """Each estimate is 2 x its reference plus a zero-mean noise orthogonal to it, so its SI-SDR is
+  10 log10(|2 y|^2 / |n|^2); the loss is minus the batch mean."""
+  t = np.arange(4000)
+  y = np.stack([np.sin(t * 0.03), np.cos(t * 0.011)]).astype(np.float64)
+  y -= y.mean(axis=1, keepdims=True)
+  noise = np.stack([np.sin(t * 0.2), np.sin(t * 0.37)])
+  noise -= noise.mean(axis=1, keepdims=True)
+  noise -= (np.sum(noise * y, axis=1) / np.sum(y * y, axis=1))[:, None] * y
+  noise *= np.array([[0.5], [0.1]])
+  expected = -np.mean(10 * np.log10(np.sum((2 * y) ** 2, axis=1) / np.sum(noise ** 2, axis=1)))
+  x = (2 * y + noise).astype(np.float32)
+  actual = losses.negative_si_sdr(jnp.asarray(x), jnp.asarray(y.astype(np.float32)))
+  assert float(actual) == pytest.approx(expected, abs=1e-3)
+  # Scale-invariant: the level of the estimate does not change it.
+  assert float(losses.negative_si_sdr(jnp.asarray(0.1 * x), jnp.asarray(y.astype(np.float32)))
+               ) == pytest.approx(expected, abs=1e-3)
+
+
 def test_generator_losses_rejects_unknown_weights():
   with pytest.raises(ValueError, match="generator loss weights"):
     losses.generator_losses(None, {}, ([], [[]]), ([], [[]]), {"adversarial": 1.0, "l2": 1.0})

@@ -184,6 +184,12 @@ def test_reseed_codes_replaces_only_dead_rows():
   np.testing.assert_array_equal(out["ema_cluster_size"], [[5.0, 1.0, 2.0]])
   everything = trainer.reseed_codes(rng, ema, residuals, threshold=0.0, reseed_all=True)
   assert all(tuple(v) in candidates for v in np.asarray(everything["codebooks"][0]))
+  # A lighter re-seed: count 0.2 and EMA sum 0.2 x the vector, so the EMA codebook (sum / count)
+  # is still the vector.
+  light = trainer.reseed_codes(rng, ema, residuals, threshold=0.01, reseed_all=False, count=0.2)
+  np.testing.assert_allclose(light["ema_cluster_size"], [[5.0, 0.2, 2.0]], rtol=1e-7)
+  np.testing.assert_allclose(light["ema_w"][0, 1], 0.2 * np.asarray(light["codebooks"][0, 1]))
+  np.testing.assert_array_equal(light["codebooks"], out["codebooks"])
 
 
 def test_bfloat16_compute_trains_close_to_float32():

@@ -149,12 +149,15 @@ def sample_levels(rng: jax.Array, batch: int, num_quantizers: int,
 
 
 def reseed_codes(rng: jax.Array, ema: dict[str, jax.Array], residuals: jax.Array,
-                 threshold: float, reseed_all: jax.Array) -> dict[str, jax.Array]:
+                 threshold: float, reseed_all: jax.Array, count: float = 1.0
+                 ) -> dict[str, jax.Array]:
   """Re-seeds dead codebook rows from this batch's residuals (not in the original).
 
   A row whose EMA count is below `threshold` (or every row when `reseed_all`, used to
   initialise the codebooks from data) becomes a random residual vector of its level, with EMA
-  count 1 and EMA sum equal to the vector, so the next EMA update keeps it there.
+  count `count` and EMA sum `count` times the vector, so the next EMA update keeps it there. A
+  re-seeded row that no vector picks is re-seeded again `log(count / threshold) / -log(0.99)`
+  steps later (230 steps for count 1 and threshold 0.1).
 
   Args:
     ema: `ema_cluster_size [n_q, K]`, `ema_w` and `codebooks` `[n_q, K, D]` after the update.
@@ -166,8 +169,8 @@ def reseed_codes(rng: jax.Array, ema: dict[str, jax.Array], residuals: jax.Array
   samples = jnp.take_along_axis(flat, picks[..., None], axis=1)  # [n_q, K, D]
   dead = (ema["ema_cluster_size"] < threshold) | reseed_all
   return {
-      "ema_cluster_size": jnp.where(dead, 1.0, ema["ema_cluster_size"]),
-      "ema_w": jnp.where(dead[..., None], samples, ema["ema_w"]),
+      "ema_cluster_size": jnp.where(dead, count, ema["ema_cluster_size"]),
+      "ema_w": jnp.where(dead[..., None], count * samples, ema["ema_w"]),
       "codebooks": jnp.where(dead[..., None], samples, ema["codebooks"]),
   }
 
@@ -247,7 +250,8 @@ def make_train_step(config: ml_collections.ConfigDict,
       if config.vq.init_from_data or config.vq.dead_code_threshold > 0:
         ema = reseed_codes(jax.random.fold_in(base_rng, state["step"]), ema, out["residuals"],
                            config.vq.dead_code_threshold,
-                           config.vq.init_from_data & (state["step"] == 0))
+                           config.vq.init_from_data & (state["step"] == 0),
+                           config.vq.get("reseed_count", 1.0))
       params = with_codebooks(gen["params"], ema["codebooks"])
       vq = {"quantizer": {"ema_cluster_size": ema["ema_cluster_size"], "ema_w": ema["ema_w"]}}
     updates, gen_opt = tx.update(gen_grads, gen["opt"], params)
@@ -498,7 +502,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                           {"audio_seconds": audio_seconds}),
       evaluate=evaluate,
       loss_keys=("gen_loss", "disc_loss"),
-      progress_keys=("gen_loss", "disc_loss", "l1", "vq", "mel", "feature_matching"),
+      progress_keys=("gen_loss", "disc_loss", "l1", "vq", "mel", "si_sdr", "feature_matching"),
       throughput=("audio_seconds", "audio-s/s"),
       best_of=lambda results: results.get("val/snr"),
       step_meta=lambda step: {"epoch": epoch_of(step - 1)})
