@@ -21,8 +21,9 @@ Variants (`configs/codec.py:VARIANT`):
               --config.data.train_shards='CORPUS/train-*.arrayrecord' \
               --config.data.validation_shards='CORPUS/validation-*.arrayrecord'
   lowrate_hour  lowrate with the recipe of the README's one-hour CPU comparison with the original
-          (EMA codebooks initialised from data, dead codes re-seeded, the straight-through
-          gradient once, lr 3e-4 with DAC's betas, 0.5 s crops, 1800 reconstruction steps):
+          (EMA codebooks initialised from data, dead codes re-seeded with a light EMA count, the
+          straight-through gradient once, the SI-SDR waveform term, lr 3e-4 with DAC's betas,
+          0.5 s crops, 1800 reconstruction steps):
           python -m telugu_jax.main --config=configs/codec.py:lowrate_hour --workdir=/tmp/lowrate_hour \
               --config.data.train_shards='CORPUS/train-*.arrayrecord' \
               --config.data.validation_shards='CORPUS/validation-*.arrayrecord'
@@ -84,10 +85,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
   # Improvement over the original's EMA codebooks (defect 2): initialise every codebook row from
   # the first batch's residuals and re-seed rows whose EMA count falls below the threshold.
-  # 0.0 and False are the original. `quantizer_dropout`: the share of examples that train only
-  # the first k ~ U{1..n_q} levels (DAC), so that decoding with fewer levels works.
+  # 0.0 and False are the original. A re-seeded row starts with EMA count `reseed_count`: the
+  # lower, the sooner it is re-seeded again if no vector picks it (see `train.codec.reseed_codes`).
+  # `quantizer_dropout`: the share of examples that train only the first k ~ U{1..n_q} levels
+  # (DAC), so that decoding with fewer levels works.
   config.vq = ml_collections.ConfigDict(dict(init_from_data=False, dead_code_threshold=0.0,
-                                             quantizer_dropout=0.0))
+                                             reseed_count=1.0, quantizer_dropout=0.0))
   # "float32" or "bfloat16" convolutions (parameters, quantizer, losses stay float32).
   config.compute_dtype = "float32"
 
@@ -105,9 +108,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Steps before this one train the generator alone (no discriminator, no adversarial or
   # feature-matching term): a reconstruction warm-up, not in the original (0).
   config.adversarial_start_step = 0
-  # Generator objective; "mel" (multi-scale log-mel L1) is not in the original.
+  # Generator objective; "mel" (multi-scale log-mel L1) and "si_sdr" (minus the SI-SDR in dB
+  # of the reconstruction) are not in the original.
   config.loss_weights = ml_collections.ConfigDict(dict(
-      adversarial=1.0, feature_matching=10.0, l1=0.1, vq=1.0, mel=0.0,
+      adversarial=1.0, feature_matching=10.0, l1=0.1, vq=1.0, mel=0.0, si_sdr=0.0,
   ))
 
   config.data = ml_collections.ConfigDict(dict(
@@ -191,10 +195,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       config.codec.causal = True
     if arg == "lowrate_hour":
       # EMA codebooks in the latent space (no factorised lookups), as the demo: their codes are
-      # in use from the first step. A 1024-code row unused for ~230 steps is re-seeded.
+      # in use from the first step. A 1024-code row unused for ~70 steps is re-seeded.
       config.codec.codebook_dim = 0
       config.vq.init_from_data = True
       config.vq.dead_code_threshold = 0.1
+      config.vq.reseed_count = 0.2
+      # The phase, which the mel loss ignores; weight 1 saturated the full-size decoder's tanh
+      # within 20 steps (README).
+      config.loss_weights.si_sdr = 0.1
       config.codec.straight_through = "once"
       config.optimizer.update(learning_rate=3e-4, b1=0.8, b2=0.99)  # 1e-3 diverged at full size
       config.data.crop_samples = 8000
