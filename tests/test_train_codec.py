@@ -192,6 +192,13 @@ def test_reseed_codes_replaces_only_dead_rows():
   np.testing.assert_array_equal(light["codebooks"], out["codebooks"])
 
 
+def test_reseed_count_below_the_threshold_is_refused():
+  with pytest.raises(ValueError, match="reseed_count"):
+    trainer.build_models(tiny_config(**{"vq.dead_code_threshold": 0.1, "vq.reseed_count": 0.05}))
+  # Equal is the demo's setting (threshold 1.0, count 1.0): re-seeded after one unused step.
+  trainer.build_models(tiny_config(**{"vq.dead_code_threshold": 1.0, "vq.reseed_count": 1.0}))
+
+
 def test_bfloat16_compute_trains_close_to_float32():
   audio = np.random.default_rng(1).standard_normal((4, 2000)).astype(np.float32) * 0.1
   losses = {}

@@ -52,6 +52,10 @@ def build_models(config: ml_collections.ConfigDict) -> tuple[Codec, Discriminato
                                              or config.vq.dead_code_threshold > 0):
     raise ValueError("vq.init_from_data and vq.dead_code_threshold re-seed EMA codebooks: they "
                      "need codec.codebook_dim=0 (factorised codes are learned by gradient)")
+  if config.vq.get("reseed_count", 1.0) < config.vq.dead_code_threshold:
+    raise ValueError(f"vq.reseed_count ({config.vq.reseed_count}) must be at least "
+                     f"vq.dead_code_threshold ({config.vq.dead_code_threshold}): a row re-seeded "
+                     "below the threshold would be re-seeded again at every step")
   if not 0.0 <= config.vq.get("quantizer_dropout", 0.0) <= 1.0:
     raise ValueError(f"vq.quantizer_dropout must lie in [0, 1], got {config.vq.quantizer_dropout}")
   return (Codec(**config.codec, dtype=config.compute_dtype),
