@@ -108,10 +108,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Steps before this one train the generator alone (no discriminator, no adversarial or
   # feature-matching term): a reconstruction warm-up, not in the original (0).
   config.adversarial_start_step = 0
-  # Generator objective; "mel" (multi-scale log-mel L1) and "si_sdr" (minus the SI-SDR in dB
-  # of the reconstruction) are not in the original.
+  # Generator objective; "mel" (multi-scale log-mel L1), "si_sdr" and "snr" (minus the SI-SDR
+  # and the SNR in dB of the reconstruction) are not in the original.
   config.loss_weights = ml_collections.ConfigDict(dict(
-      adversarial=1.0, feature_matching=10.0, l1=0.1, vq=1.0, mel=0.0, si_sdr=0.0,
+      adversarial=1.0, feature_matching=10.0, l1=0.1, vq=1.0, mel=0.0, si_sdr=0.0, snr=0.0,
   ))
 
   config.data = ml_collections.ConfigDict(dict(

@@ -100,13 +100,18 @@ def multiscale_mel(x: jax.Array, y: jax.Array, sample_rate: int = 16000,
   return _mean(losses)
 
 
-def negative_si_sdr(x: jax.Array, y: jax.Array) -> jax.Array:
-  """Minus the mean over the batch of the SI-SDR in dB of `x` against the reference `y`
-  (`[B, T]`; `evaluation.metrics.si_sdr_db`). Not in the original: a waveform term that, unlike
-  L1, rewards matching the phase even while the output is still uncorrelated with the input."""
+WAVEFORM_TERMS = ("si_sdr", "snr")
+
+
+def negative_waveform_db(name: str, x: jax.Array, y: jax.Array) -> jax.Array:
+  """Minus the mean over the batch of `x`'s SI-SDR (`name="si_sdr"`) or SNR (`"snr"`) in dB
+  against the reference `y` (`[B, T]`; `evaluation.metrics`). Not in the original: waveform
+  terms that, unlike L1, reward matching the phase even while the output is still uncorrelated
+  with the input. SI-SDR ignores the output's level; SNR also teaches it."""
   from telugu_jax.evaluation import metrics  # metrics imports this module
   lengths = jnp.full((y.shape[0],), y.shape[-1], jnp.int32)
-  return -jnp.mean(metrics.si_sdr_db(y, x, lengths))
+  per_clip = {"si_sdr": metrics.si_sdr_db, "snr": metrics.snr_db}[name]
+  return -jnp.mean(per_clip(y, x, lengths))
 
 
 def discriminator_losses(real: tuple, fake: tuple) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -124,14 +129,16 @@ def generator_losses(audio: jax.Array, codec_out: dict, real: tuple, fake: tuple
     codec_out: the codec's training forward (`audio`, `residuals`, `codewords`).
     real, fake: the discriminator's `(logits, features)` on `audio` and on `codec_out["audio"]`;
       both None without a discriminator (the adversarial and feature-matching terms are then 0).
-    weights: `adversarial`, `feature_matching`, `l1`, `vq`, and optionally `mel` and `si_sdr`
-      (computed only when their weight is non-zero). The original's are 1, 10, 0.1, 1, 0, 0.
+    weights: `adversarial`, `feature_matching`, `l1`, `vq`, and optionally `mel`, `si_sdr` and
+      `snr` (computed only when their weight is non-zero). The original's are 1, 10, 0.1, 1
+      and 0 for the optional ones.
   Returns:
     `(total, terms)`.
   """
-  if set(weights) - {"mel", "si_sdr"} != set(GENERATOR_TERMS):
+  optional = {"mel", *WAVEFORM_TERMS}
+  if set(weights) - optional != set(GENERATOR_TERMS):
     raise ValueError(f"generator loss weights must name {list(GENERATOR_TERMS)} (and optionally "
-                     f"'mel', 'si_sdr'), got {sorted(weights)}")
+                     f"{sorted(optional)}), got {sorted(weights)}")
   no_disc = jnp.zeros((), jnp.float32)
   terms = {
       "adversarial": no_disc if fake is None else generator_adversarial(fake[0]),
@@ -141,8 +148,9 @@ def generator_losses(audio: jax.Array, codec_out: dict, real: tuple, fake: tuple
   }
   if weights.get("mel", 0.0):
     terms["mel"] = multiscale_mel(codec_out["audio"], audio)
-  if weights.get("si_sdr", 0.0):
-    terms["si_sdr"] = negative_si_sdr(codec_out["audio"], audio)
+  for name in WAVEFORM_TERMS:
+    if weights.get(name, 0.0):
+      terms[name] = negative_waveform_db(name, codec_out["audio"], audio)
   total = sum(weights[name] * value for name, value in terms.items())
   return total, terms
 

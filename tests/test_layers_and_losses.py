@@ -166,9 +166,10 @@ def test_multiscale_mel_matches_librosa():
   assert float(losses.multiscale_mel(jnp.asarray(x), jnp.asarray(x))) == 0.0
 
 
-def test_negative_si_sdr_by_hand():
+def test_negative_waveform_terms_by_hand():
   """Each estimate is 2 x its reference plus a zero-mean noise orthogonal to it, so its SI-SDR is
-  10 log10(|2 y|^2 / |n|^2); the loss is minus the batch mean."""
+  10 log10(|2 y|^2 / |n|^2) and its SNR 10 log10(|y|^2 / |y + n|^2); each loss is minus the
+  batch mean."""
   t = np.arange(4000)
   y = np.stack([np.sin(t * 0.03), np.cos(t * 0.011)]).astype(np.float64)
   y -= y.mean(axis=1, keepdims=True)
@@ -176,13 +177,18 @@ def test_negative_si_sdr_by_hand():
   noise -= noise.mean(axis=1, keepdims=True)
   noise -= (np.sum(noise * y, axis=1) / np.sum(y * y, axis=1))[:, None] * y
   noise *= np.array([[0.5], [0.1]])
-  expected = -np.mean(10 * np.log10(np.sum((2 * y) ** 2, axis=1) / np.sum(noise ** 2, axis=1)))
+  energy = lambda a: np.sum(a ** 2, axis=1)
+  expected_si_sdr = -np.mean(10 * np.log10(energy(2 * y) / energy(noise)))
+  expected_snr = -np.mean(10 * np.log10(energy(y) / (energy(y) + energy(noise))))
   x = (2 * y + noise).astype(np.float32)
-  actual = losses.negative_si_sdr(jnp.asarray(x), jnp.asarray(y.astype(np.float32)))
-  assert float(actual) == pytest.approx(expected, abs=1e-3)
-  # Scale-invariant: the level of the estimate does not change it.
-  assert float(losses.negative_si_sdr(jnp.asarray(0.1 * x), jnp.asarray(y.astype(np.float32)))
-               ) == pytest.approx(expected, abs=1e-3)
+  reference = jnp.asarray(y.astype(np.float32))
+  si_sdr = lambda estimate: float(losses.negative_waveform_db("si_sdr", estimate, reference))
+  snr = lambda estimate: float(losses.negative_waveform_db("snr", estimate, reference))
+  assert si_sdr(jnp.asarray(x)) == pytest.approx(expected_si_sdr, abs=1e-3)
+  assert snr(jnp.asarray(x)) == pytest.approx(expected_snr, abs=1e-3)
+  # SI-SDR ignores the estimate's level; the SNR is best at the reference's own level.
+  assert si_sdr(jnp.asarray(0.1 * x)) == pytest.approx(expected_si_sdr, abs=1e-3)
+  assert snr(jnp.asarray(0.5 * x)) < snr(jnp.asarray(x))
 
 
 def test_generator_losses_rejects_unknown_weights():

@@ -506,7 +506,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                           {"audio_seconds": audio_seconds}),
       evaluate=evaluate,
       loss_keys=("gen_loss", "disc_loss"),
-      progress_keys=("gen_loss", "disc_loss", "l1", "vq", "mel", "si_sdr", "feature_matching"),
+      progress_keys=("gen_loss", "disc_loss", "l1", "vq", "mel", "si_sdr", "snr",
+                     "feature_matching"),
       throughput=("audio_seconds", "audio-s/s"),
       best_of=lambda results: results.get("val/snr"),
       step_meta=lambda step: {"epoch": epoch_of(step - 1)})
