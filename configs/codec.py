@@ -22,8 +22,8 @@ Variants (`configs/codec.py:VARIANT`):
               --config.data.validation_shards='CORPUS/validation-*.arrayrecord'
   lowrate_hour  lowrate with the recipe of the README's one-hour CPU comparison with the original
           (EMA codebooks initialised from data, dead codes re-seeded with a light EMA count, the
-          straight-through gradient once, the SI-SDR waveform term, lr 3e-4 with DAC's betas,
-          0.5 s crops, 1800 reconstruction steps):
+          straight-through gradient once, the SI-SDR and SNR waveform terms, lr 3e-4 with DAC's
+          betas, 0.5 s crops, 1800 reconstruction steps):
           python -m telugu_jax.main --config=configs/codec.py:lowrate_hour --workdir=/tmp/lowrate_hour \
               --config.data.train_shards='CORPUS/train-*.arrayrecord' \
               --config.data.validation_shards='CORPUS/validation-*.arrayrecord'
@@ -200,9 +200,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       config.vq.init_from_data = True
       config.vq.dead_code_threshold = 0.1
       config.vq.reseed_count = 0.2
-      # The phase, which the mel loss ignores; weight 1 saturated the full-size decoder's tanh
-      # within 20 steps (README).
+      # The phase, which the mel loss ignores (SI-SDR), and the output's level, which SI-SDR
+      # ignores (SNR); SI-SDR weight 1 saturated the full-size decoder's tanh within 20 steps.
+      # Both measured in the README ("The level too").
       config.loss_weights.si_sdr = 0.1
+      config.loss_weights.snr = 0.1
       config.codec.straight_through = "once"
       config.optimizer.update(learning_rate=3e-4, b1=0.8, b2=0.99)  # 1e-3 diverged at full size
       config.data.crop_samples = 8000
