@@ -9,6 +9,7 @@ import torch
 from conftest import relative_error
 
 from telugu_jax import losses
+from telugu_jax.evaluation import metrics
 from telugu_jax.models import codec as codec_lib
 from telugu_jax.models import layers
 
@@ -164,6 +165,31 @@ def test_multiscale_mel_matches_librosa():
   actual = losses.multiscale_mel(jnp.asarray(x), jnp.asarray(y), n_ffts=n_ffts, n_mels=n_mels)
   assert float(actual) == pytest.approx(np.mean(expected), rel=1e-4)
   assert float(losses.multiscale_mel(jnp.asarray(x), jnp.asarray(x))) == 0.0
+
+
+def test_mel_distance_counts_each_clips_own_frames():
+  """Two clips of 5000 and 8000 samples padded to 12000: each clip's distance is librosa's over
+  the `1 + 5000 // hop` (`8000 // hop`) frames it has alone, padding zeroed, not diluted by the
+  frames of padding (which would give about 5/12 of it)."""
+  rng = np.random.default_rng(3)
+  lengths = np.array([5000, 8000])
+  x = (0.3 * rng.standard_normal((2, 12000))).astype(np.float32)
+  y = (np.sin(np.arange(12000) * 0.05) * 0.3 + 0.05 * x).astype(np.float32)
+  x[0, 5000:] = 1.0  # garbage past the end, zeroed by the metric
+  actual = np.asarray(metrics.mel_distance(jnp.asarray(x), jnp.asarray(y), jnp.asarray(lengths)))
+  for clip, length in enumerate(lengths):
+    keep = np.arange(12000) < length
+    expected = []
+    for n_fft, mels in zip((2048, 1024, 512, 256, 128), (128, 80, 64, 32, 16)):
+      log_mel = lambda s: np.log10(np.maximum(librosa.feature.melspectrogram(
+          y=s * keep, sr=16000, n_fft=n_fft, hop_length=n_fft // 4, n_mels=mels, power=1.0,
+          center=True, pad_mode="reflect"), 1e-5))
+      frames = 1 + length // (n_fft // 4)
+      expected.append(np.mean(np.abs(log_mel(x[clip]) - log_mel(y[clip]))[:, :frames]))
+    assert actual[clip] == pytest.approx(np.mean(expected), rel=1e-4)
+  # The second clip's value is also its value alone, up to its last frames' zero padding.
+  alone = float(losses.multiscale_mel(jnp.asarray(x[1:, :8000]), jnp.asarray(y[1:, :8000])))
+  assert actual[1] == pytest.approx(alone, rel=0.05)
 
 
 def test_negative_waveform_terms_by_hand():

@@ -44,10 +44,11 @@ def si_sdr_db(reference: jax.Array, estimate: jax.Array, lengths: jax.Array) -> 
 
 
 def mel_distance(reference: jax.Array, estimate: jax.Array, lengths: jax.Array) -> jax.Array:
-  """Per clip multi-scale log-mel L1 (`losses.multiscale_mel`), padding zeroed in both."""
+  """Per clip multi-scale log-mel L1 (`losses.multiscale_mel`) over the clip's own frames, its
+  padding zeroed in both."""
   m = _mask(reference, lengths)
-  return jax.vmap(lambda x, y: losses.multiscale_mel(x[None], y[None]))(m * reference,
-                                                                        m * estimate)
+  return jax.vmap(lambda x, y, n: losses.multiscale_mel(x[None], y[None], lengths=n[None]))(
+      m * reference, m * estimate, lengths)
 
 
 def codebook_usage(counts: np.ndarray) -> dict[str, np.ndarray]:
