@@ -120,6 +120,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       validation_shards="",
       batch_size=16,  # global, over all devices and hosts
       crop_samples=16000,
+      # "crop": each crop scaled to -16 dBFS (the original); "utterance": the utterance scaled,
+      # its crops at their level within it (README, "Step 1050, and silence").
+      normalize="crop",
       num_workers=0,  # grain worker processes per host
       # Real speech evaluated at every validation, never trained on; skipped if absent.
       eval_folder=os.path.normpath(_SHARED_EVAL),

@@ -60,6 +60,35 @@ def test_crops_are_normalised_and_padded(audio_shards):
     assert np.all(row[:1500] != 0)
 
 
+def test_utterance_normalisation_keeps_each_crops_level(tmp_path):
+  """One utterance, loud then 40 dB quieter: "utterance" crops are windows of the normalised
+  utterance (the quiet part stays quiet); "crop" crops, drawn at the same starts, are each at
+  -16 dBFS."""
+  pcm = np.full(12000, 8000, np.int16)
+  pcm[1::2] = -8000
+  pcm[6000:] //= 100
+  with records.ShardWriter(tmp_path / "train-00000.arrayrecord") as w:
+    w.write(records.encode_record({"pcm": pcm}, {"key": "loud-then-quiet"}))
+  whole = audio.normalize_rms(pcm.astype(np.float32) / 32768.0)
+  windows = np.lib.stride_tricks.sliding_window_view(whole, CROP)
+
+  def crops(normalize):
+    it = pipelines.codec_train_iterator(
+        records.list_shards(tmp_path), batch_size=1, crop_samples=CROP, normalize=normalize,
+        seed=3, process_index=0, process_count=1)
+    return [next(it)["audio"][0] for _ in range(12)]
+
+  by_utterance, by_crop = crops("utterance"), crops("crop")
+  for row, crop_row in zip(by_utterance, by_crop):
+    assert np.min(np.max(np.abs(windows - row), axis=1)) < 1e-6  # a window of `whole`
+    np.testing.assert_allclose(audio.normalize_rms(row), crop_row, rtol=1e-5, atol=1e-6)
+    assert np.sqrt(np.mean(crop_row.astype(np.float64) ** 2)) == pytest.approx(0.158, rel=1e-4)
+  levels = [np.sqrt(np.mean(row.astype(np.float64) ** 2)) for row in by_utterance]
+  assert max(levels) / min(levels) > 20  # some crops loud, some in the quiet part
+  with pytest.raises(ValueError, match="normalize"):
+    pipelines.codec_train_iterator(records.list_shards(tmp_path), batch_size=1, normalize="clip")
+
+
 def test_same_seed_same_batches_and_other_seed_differs(audio_shards):
   def first(seed, n=4):
     it = pipelines.codec_train_iterator(

@@ -221,11 +221,10 @@ def crop_or_pad(wave: np.ndarray, length: int, start: int = 0) -> np.ndarray:
   return out
 
 
-def random_crop(wave: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
-  """A uniformly random `length`-sample window, or the whole wave end-padded if shorter."""
-  slack = wave.shape[0] - length
-  start = int(rng.integers(0, slack + 1)) if slack > 0 else 0
-  return crop_or_pad(wave, length, start)
+def random_start(size: int, length: int, rng: np.random.Generator) -> int:
+  """The start of a uniformly random `length`-sample window of `size` samples (0 if shorter)."""
+  slack = size - length
+  return int(rng.integers(0, slack + 1)) if slack > 0 else 0
 
 
 def float_to_pcm16(wave: np.ndarray) -> np.ndarray:

@@ -337,19 +337,37 @@ def _training_iterator(
 # Codec training and validation.
 
 
-class CodecCrop(grain.transforms.RandomMap):
-  """Record -> `{"audio": float32 [crop_samples]}`: random crop or end zero-pad, then
-  `audio.normalize_rms` (the original's RMS -16 dB and clipping rule)."""
+NORMALIZE_MODES = ("crop", "utterance")
 
-  def __init__(self, crop_samples: int):
-    self.crop_samples = crop_samples
+
+def _check_normalize(normalize: str) -> None:
+  if normalize not in NORMALIZE_MODES:
+    raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+
+
+def _normalized_crop(wave: np.ndarray, length: int, start: int, normalize: str) -> np.ndarray:
+  """`audio.normalize_rms` (the original's RMS -16 dB and clipping rule) of the crop
+  (`normalize="crop"`, the original) or of the whole utterance before cropping ("utterance":
+  the crop keeps its level within the utterance, so pauses stay quiet, as in a whole clip)."""
+  if normalize == "utterance":
+    return audio.crop_or_pad(audio.normalize_rms(wave), length, start)
+  return audio.normalize_rms(audio.crop_or_pad(wave, length, start))
+
+
+class CodecCrop(grain.transforms.RandomMap):
+  """Record -> `{"audio": float32 [crop_samples]}`: random crop or end zero-pad, normalised
+  (`_normalized_crop`)."""
+
+  def __init__(self, crop_samples: int, normalize: str = "crop"):
+    _check_normalize(normalize)
+    self.crop_samples, self.normalize = crop_samples, normalize
 
   def random_map(self, element, rng: np.random.Generator):
     wave = _decode_wave(element)
     if isinstance(wave, _Corrupt):
       return wave
-    crop = audio.random_crop(wave, self.crop_samples, rng)
-    return {"audio": audio.normalize_rms(crop)}
+    start = audio.random_start(wave.shape[0], self.crop_samples, rng)
+    return {"audio": _normalized_crop(wave, self.crop_samples, start, self.normalize)}
 
 
 def codec_train_iterator(
@@ -357,6 +375,7 @@ def codec_train_iterator(
     *,
     batch_size: int,
     crop_samples: int = audio.SAMPLE_RATE,
+    normalize: str = "crop",
     seed: int = 0,
     num_workers: int = 0,
     process_index: int | None = None,
@@ -368,6 +387,8 @@ def codec_train_iterator(
     shard_paths: audio shards (or a TFDS data source); see the module docstring.
     batch_size: examples per batch on this process.
     crop_samples: crop length in samples (16000 = the original's 1 s).
+    normalize: "crop" (the original: every crop at -16 dBFS) or "utterance" (the utterance at
+      -16 dBFS, its crops at their level within it).
     seed: shuffle and crop seed; the same seed gives the same batches.
     num_workers: grain worker processes (0 = decode in this process with threads). Workers need
       absl flags parsed and a `__main__` guard in the calling program.
@@ -380,7 +401,7 @@ def codec_train_iterator(
   """
   return _training_iterator(
       shard_paths,
-      CodecCrop(crop_samples),
+      CodecCrop(crop_samples, normalize),
       batch_size=batch_size,
       seed=seed,
       num_workers=num_workers,
@@ -390,10 +411,12 @@ def codec_train_iterator(
 
 
 class EvalAudio(grain.transforms.Map):
-  """Record -> normalised centre crop of `crop_samples`, or the whole normalised utterance."""
+  """Record -> normalised centre crop of `crop_samples` (`_normalized_crop`), or the whole
+  normalised utterance."""
 
-  def __init__(self, crop_samples: int | None):
-    self.crop_samples = crop_samples
+  def __init__(self, crop_samples: int | None, normalize: str = "crop"):
+    _check_normalize(normalize)
+    self.crop_samples, self.normalize = crop_samples, normalize
 
   def map(self, element):
     wave = _decode_wave(element)
@@ -402,8 +425,8 @@ class EvalAudio(grain.transforms.Map):
     if self.crop_samples is None:
       return {"audio": audio.normalize_rms(wave), "length": wave.shape[0]}
     start = max(0, (wave.shape[0] - self.crop_samples) // 2)
-    crop = audio.crop_or_pad(wave, self.crop_samples, start)
-    return {"audio": audio.normalize_rms(crop), "length": min(wave.shape[0], self.crop_samples)}
+    return {"audio": _normalized_crop(wave, self.crop_samples, start, self.normalize),
+            "length": min(wave.shape[0], self.crop_samples)}
 
 
 class PadBatch:
@@ -441,6 +464,7 @@ def codec_eval_batches(
     *,
     batch_size: int,
     crop_samples: int | None = None,
+    normalize: str = "crop",
     pad_multiple: int = audio.SAMPLE_RATE,
     process_index: int | None = None,
     process_count: int | None = None,
@@ -453,6 +477,7 @@ def codec_eval_batches(
     crop_samples: `None` for whole utterances (each normalised as a whole, zero-padded to the
       batch's longest rounded up to `pad_multiple`), or a fixed centre crop of this length
       (end zero-padded when shorter), normalised like training crops.
+    normalize: how crops are normalised, as for `codec_train_iterator`.
     pad_multiple: width granularity of whole-utterance batches (limits recompilation).
     process_index: this process's index (default `jax.process_index()`).
     process_count: number of processes (default `jax.process_count()`).
@@ -468,7 +493,8 @@ def codec_eval_batches(
   # side) holds the same records on any number of processes.
   num_batches = math.ceil(math.ceil(len(source) / count) / batch_size)
   width = crop_samples or pad_multiple
-  ds = grain.MapDataset.source(source).slice(slice(index, None, count)).map(EvalAudio(crop_samples))
+  ds = grain.MapDataset.source(source).slice(slice(index, None, count)).map(
+      EvalAudio(crop_samples, normalize))
   read_options = grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=2 * batch_size)
   it = SkipCorrupt(ds.to_iter_dataset(read_options), num_records=len(range(index, len(source), count)))
   it = it.batch(batch_size, drop_remainder=False, batch_fn=PadBatch(batch_size, width))

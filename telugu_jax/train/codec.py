@@ -334,7 +334,7 @@ class Evaluator:
   def _validation_batches(self):
     crop = self.config.eval_crop_samples or None
     batches = pipelines.codec_eval_batches(self.validation_shards, batch_size=self.local_batch,
-                                           crop_samples=crop)
+                                           crop_samples=crop, normalize=self.config.data.normalize)
     for i, batch in enumerate(batches):
       if self.config.eval_batches and i >= self.config.eval_batches:
         break
@@ -430,7 +430,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   local_batch = sharding.local_batch_size(global_batch)
   train_iter = pipelines.codec_train_iterator(
       train_shards, batch_size=local_batch, crop_samples=config.data.crop_samples,
-      seed=config.seed, num_workers=config.data.num_workers)
+      normalize=config.data.normalize, seed=config.seed, num_workers=config.data.num_workers)
   num_records = len(pipelines.RecordSource(train_shards))
   steps_per_epoch = config.steps_per_epoch or max(1, num_records // global_batch)
   total_steps = config.total_steps or config.num_epochs * steps_per_epoch
