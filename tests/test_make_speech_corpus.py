@@ -1,5 +1,7 @@
 """tools/make_speech_corpus.py: a few seconds of synthetic Telugu speech as codec training shards."""
 
+import dataclasses
+import hashlib
 import importlib.util
 import json
 import os
@@ -85,8 +87,33 @@ def test_makes_resumes_grows_and_shrinks_a_corpus_the_trainer_reads(tool, tmp_pa
   assert _bytes(out) == before and not (out / f"shard-{summary['shards']:05d}.json").exists()
 
 
+def test_room_tone_pads_the_speech_over_a_noise_floor_and_changes_nothing_else(tool):
+  text_set = conversations.TextSet.load()
+  for index in range(40):
+    toned = tool.plan_utterance(text_set, 3, index, room_tone_prob=1.0)
+    assert toned.room_tone and dataclasses.replace(toned, room_tone=()) == tool.plan_utterance(
+        text_set, 3, index)
+  # Corpora made before the option keep their fingerprints, so their shards are reused.
+  old = hashlib.sha256(json.dumps([tool.FORMAT, 0, 2, 128, 0.7, "v1"]).encode()).hexdigest()[:16]
+  assert tool._fingerprint(0, 2, 128, 0.7, "v1") == old != tool._fingerprint(0, 2, 128, 0.7, "v1", 0.5)
+
+  plan = dataclasses.replace(toned, augment=(), speed=1.0)
+  tone = dict(plan.room_tone)
+  speech = 0.3 * np.sin(2 * np.pi * 220 * np.arange(audio.SAMPLE_RATE) / audio.SAMPLE_RATE)
+  out = tool.finish(speech.astype(np.float32), plan)
+  lead, trail = (round(tone[k] * audio.SAMPLE_RATE) for k in ("lead_s", "trail_s"))
+  assert out.dtype == np.float32 and out.size == audio.SAMPLE_RATE + lead + trail
+  level = 10 ** (plan.rms_dbfs / 20)  # the speech's RMS
+  expected = np.pad(speech * level / np.sqrt(np.mean(speech**2)), (lead, trail))
+  db_under_speech = lambda x: 20 * np.log10(np.sqrt(np.mean(x**2)) / level)
+  assert db_under_speech(out - expected) == pytest.approx(-tone["below_db"], abs=0.01)
+  assert db_under_speech(out[:lead]) < -tone["below_db"] + 6
+
+
 def test_rejects_bad_arguments(tool, tmp_path):
   with pytest.raises(ValueError, match="--hours must be positive"):
     tool.make_speech_corpus(str(tmp_path), 0.0)
   with pytest.raises(ValueError, match=r"--augment must lie in \[0, 1\]"):
     tool.make_speech_corpus(str(tmp_path), 1.0, augment_prob=1.5)
+  with pytest.raises(ValueError, match=r"--room_tone must lie in \[0, 1\]"):
+    tool.make_speech_corpus(str(tmp_path), 1.0, room_tone_prob=-0.1)

@@ -831,27 +831,34 @@ def trim_silence(wave: np.ndarray, *, floor_db: float = -40.0, margin_s: float =
 
 def set_level(wave: np.ndarray, rms_dbfs: float) -> np.ndarray:
   """Scales to an RMS of `rms_dbfs`, then lowers the whole wave if its peak would clip."""
-  rms = _rms(wave)
-  if rms > 0:
-    wave = wave * (10 ** (rms_dbfs / 20) / rms)
+  level = rms(wave)
+  if level > 0:
+    wave = wave * (10 ** (rms_dbfs / 20) / level)
   peak = float(np.max(np.abs(wave))) if wave.size else 0.0
   return (wave * (_PEAK_LIMIT / peak) if peak > _PEAK_LIMIT else wave).astype(np.float32)
 
 
-def _rms(wave: np.ndarray) -> float:
+def rms(wave: np.ndarray) -> float:
+  """The root mean square of `wave`, in float64."""
   return float(np.sqrt(np.mean(np.square(wave, dtype=np.float64))))
 
 
 def add_noise(wave: np.ndarray, snr_db: float, color: str, rng: np.random.Generator
               ) -> np.ndarray:
   """Adds white or pink (1/f) noise at `snr_db` below the wave's RMS."""
-  noise = rng.standard_normal(len(wave))
+  noise = colored_noise(len(wave), color, rng)
+  noise *= rms(wave) / (rms(noise) + 1e-12) / 10 ** (snr_db / 20)
+  return (wave + noise).astype(np.float32)
+
+
+def colored_noise(length: int, color: str, rng: np.random.Generator) -> np.ndarray:
+  """White or pink (1/f power) Gaussian noise of `length` samples, float64, unscaled."""
+  noise = rng.standard_normal(length)
   if color == "pink":
     spectrum = np.fft.rfft(noise)
     spectrum /= np.sqrt(np.maximum(np.arange(len(spectrum)), 1.0))
-    noise = np.fft.irfft(spectrum, len(wave))
-  noise *= _rms(wave) / (_rms(noise) + 1e-12) / 10 ** (snr_db / 20)
-  return (wave + noise).astype(np.float32)
+    noise = np.fft.irfft(spectrum, length)
+  return noise
 
 
 def add_reverb(wave: np.ndarray, rt60_s: float, wet: float, rng: np.random.Generator
@@ -861,7 +868,7 @@ def add_reverb(wave: np.ndarray, rt60_s: float, wet: float, rng: np.random.Gener
   response = rng.standard_normal(len(t)) * np.exp(-math.log(1000.0) * t / rt60_s)
   response[0] = 1.0  # the direct path
   reverberant = scipy.signal.fftconvolve(wave, response)[: len(wave)]
-  reverberant *= _rms(wave) / (_rms(reverberant) + 1e-12)
+  reverberant *= rms(wave) / (rms(reverberant) + 1e-12)
   return ((1.0 - wet) * wave + wet * reverberant).astype(np.float32)
 
 
