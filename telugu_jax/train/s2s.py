@@ -50,17 +50,31 @@ def _dummy_batch(c: S2SConfig) -> dict[str, jax.Array]:
           "emotion": jnp.zeros(1, jnp.int32)}
 
 
+def unreached_by_loss(config: ml_collections.ConfigDict, params: dict) -> set[str]:
+  """Top-level parameter groups that the training loss never reads.
+
+  The original variant's decoder never reads the encoder's output (defect 2), so, without a
+  question CTC head, no gradient reaches the encoder: PyTorch leaves those gradients None and
+  its AdamW skips the parameters, where optax's would still apply weight decay to them.
+  """
+  if config.model.variant != "original" or config.model.question_ctc_vocab:
+    return set()
+  return {name for name in params if name.startswith("encoder_")}
+
+
 def trainable_labels(config: ml_collections.ConfigDict, params: dict) -> dict:
-  """"train" or "frozen" for each top-level parameter group (`config.trainable`)."""
+  """"train" or "frozen" for each top-level parameter group (`config.trainable`; groups the
+  loss never reads, `unreached_by_loss`, are frozen)."""
+  unreached = unreached_by_loss(config, params)
   if config.trainable.parts == "all":
-    return {name: "train" for name in params}
+    return {name: "frozen" if name in unreached else "train" for name in params}
   if config.trainable.parts != "style":
     raise ValueError(f"trainable.parts must be 'all' or 'style', got {config.trainable.parts!r}")
   layers = config.model.num_decoder_layers
   last = {f"decoder_layers_{i}"
           for i in range(max(0, layers - config.trainable.last_decoder_layers), layers)}
-  return {name: "train" if name == "style_embed" or name in last else "frozen"
-          for name in params}
+  return {name: "train" if (name == "style_embed" or name in last) and name not in unreached
+          else "frozen" for name in params}
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -80,9 +94,9 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any) -> optax.Grad
       optax.clip_by_global_norm(o.clip_norm),
       optax.adamw(learning_rate_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
                   weight_decay=o.weight_decay))
-  if config.trainable.parts != "all":
-    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
-                               trainable_labels(config, params))
+  labels = trainable_labels(config, params)
+  if "frozen" in labels.values():
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
   if o.accumulate_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=o.accumulate_steps)
   return tx
