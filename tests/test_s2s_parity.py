@@ -46,6 +46,14 @@ def numpy_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
   return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 
+def torch_grads_as_params(model: torch.nn.Module, state: dict) -> dict:
+  """The reference's gradients in the converted parameter layout (None, never reached: zero)."""
+  params = dict(model.named_parameters())
+  grads = {k: v if k not in params else np.zeros_like(v) if params[k].grad is None
+           else params[k].grad.numpy().copy() for k, v in state.items()}
+  return convert_s2s_state_dict(grads, "original")[0]["params"]
+
+
 def random_batch(config, batch: int, src: int, tgt: int, seed: int = 0):
   rng = np.random.default_rng(seed)
   return (rng.integers(0, config.vocab_size, (batch, config.num_quantizers, src)),
@@ -109,10 +117,7 @@ def test_training_forward_batch_stats_and_gradients_match():
   loss = torch.nn.functional.cross_entropy(logits.flatten(0, 2), torch.as_tensor(targets).flatten())
   loss.backward()
   # The original decoder never reads the encoder (defect 2): encoder gradients are None (zero).
-  params = dict(model.named_parameters())
-  grads_as_state = {k: v if k not in params else np.zeros_like(v) if params[k].grad is None
-                    else params[k].grad.numpy() for k, v in state.items()}
-  torch_grads = convert_s2s_state_dict(grads_as_state, "original")[0]["params"]
+  torch_grads = torch_grads_as_params(model, state)
   torch_stats = convert_s2s_state_dict(numpy_state(model), "original")[0]["batch_stats"]
 
   net = S2STransformer(config)
@@ -268,10 +273,7 @@ def test_original_training_step_matches_torch_adamw_which_skips_the_unread_encod
   torch.nn.functional.cross_entropy(logits.flatten(0, 2),
                                     torch.as_tensor(targets).flatten()).backward()
   torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_norm)
-  torch_params = dict(model.named_parameters())
-  grads = convert_s2s_state_dict(
-      {k: v if k not in torch_params else np.zeros_like(v) if torch_params[k].grad is None
-       else torch_params[k].grad.numpy().copy() for k, v in state.items()}, "original")[0]["params"]
+  grads = torch_grads_as_params(model, state)
   optimizer.step()
   expected = convert_s2s_state_dict(numpy_state(model), "original")[0]["params"]
 
