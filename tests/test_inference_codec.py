@@ -59,6 +59,10 @@ def test_padded_buckets_and_batches_equal_unpadded_inputs(smoke_checkpoint):
 def test_bucket_lengths():
   assert [audio.bucket_length(n, 100) for n in (1, 100, 101, 151, 201, 301, 401)] == [
       100, 100, 150, 200, 300, 400, 600]
+  assert [audio.bucket_length(n, 100, 4) for n in (1, 100, 101, 126, 151, 176, 201, 251, 1000)
+          ] == [100, 100, 125, 150, 175, 200, 250, 300, 1000]
+  with pytest.raises(ValueError, match="per_octave"):
+    audio.bucket_length(5, 100, 0)
 
 
 def test_code_file_round_trip_and_errors(tmp_path):

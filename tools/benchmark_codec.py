@@ -3,6 +3,7 @@
     python tools/benchmark_codec.py                      # batch 4 × 1 s, full-size models
     python tools/benchmark_codec.py --cpus=1             # both frameworks confined to one core
     python tools/benchmark_codec.py --inference_only     # only encode + decode of 10 s
+    python tools/benchmark_codec.py --inference_only --other_buckets_per_octave=2  # + coarser buckets
     python tools/benchmark_codec.py --batch=16 --rounds=3 --dtypes=float32,bfloat16  # on a GPU
 
 Measures, in one process and interleaved (JAX step, PyTorch step, JAX step, ...) so that both see
@@ -121,9 +122,11 @@ def torch_step(audio: np.ndarray) -> Timer:
   return Timer(f"PyTorch {device} float32", run)
 
 
-def inference_timers(seconds: float) -> tuple[Timer, Timer, float]:
+def inference_timers(seconds: float, other_per_octave: int = 0
+                     ) -> tuple[list[Timer], Timer, float]:
   """Encode + decode of `seconds` of audio, batch 1: JAX (inference API) and PyTorch timers, and
-  the JAX first call's seconds (compilation or a persistent-cache read)."""
+  the JAX first call's seconds (compilation or a persistent-cache read). `other_per_octave` > 0
+  adds a JAX timer with that many length buckets per octave (the default is `load_codec`'s)."""
   import jax
   import jax.numpy as jnp
   import torch
@@ -139,6 +142,12 @@ def inference_timers(seconds: float) -> tuple[Timer, Timer, float]:
   start = time.perf_counter()
   codec.decode(codec.encode(wave))
   first_s = time.perf_counter() - start
+  jax_timers = [Timer("JAX", lambda: codec.decode(codec.encode(wave)))]
+  if other_per_octave:
+    other = CodecModel({}, variables, buckets_per_octave=other_per_octave)
+    other.decode(other.encode(wave))
+    jax_timers.append(Timer(f"JAX, {other_per_octave} buckets per octave",
+                            lambda: other.decode(other.encode(wave))))
 
   device = "cuda" if torch.cuda.is_available() else "cpu"
   torch_codec = ref.TeluCodec().to(device).eval()
@@ -151,8 +160,7 @@ def inference_timers(seconds: float) -> tuple[Timer, Timer, float]:
       torch.cuda.synchronize()
 
   torch_run()  # warm-up
-  return (Timer("JAX", lambda: codec.decode(codec.encode(wave))), Timer("PyTorch", torch_run),
-          first_s)
+  return jax_timers, Timer("PyTorch", torch_run), first_s
 
 
 def interleave(timers: list[Timer], rounds: int) -> None:
@@ -172,6 +180,8 @@ def main() -> None:
                       help="confine the process to this many cores (0: all)")
   parser.add_argument("--inference_rounds", type=int, default=7)
   parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument("--other_buckets_per_octave", type=int, default=0,
+                      help="also time encode + decode with this many length buckets per octave")
   parser.add_argument("--inference_only", action="store_true",
                       help="only the encode + decode comparison (no training steps)")
   args = parser.parse_args()
@@ -223,15 +233,17 @@ def main() -> None:
     for timer in timers[:-1]:
       print(f"  {timer.name} / PyTorch throughput (best times): {torch_best / min(timer.wall):.2f}×")
 
-    jax_timer, torch_timer, first_s = inference_timers(10.0)
+    jax_timers, torch_timer, first_s = inference_timers(10.0, args.other_buckets_per_octave)
     print(f"encode + decode of 10 s, batch 1, {args.inference_rounds} rounds interleaved "
           f"(JAX first call {first_s:.1f} s); before: {load()}")
-    interleave([jax_timer, torch_timer], args.inference_rounds)
+    interleave([*jax_timers, torch_timer], args.inference_rounds)
     print(f"after: {load()}")
-    for timer in (jax_timer, torch_timer):
+    for timer in (*jax_timers, torch_timer):
       print(f"  {timer.name}: best {min(timer.wall):.3f} s (median {np.median(timer.wall):.3f}), "
             f"real-time factor {min(timer.wall) / 10.0:.3f}")
-    print(f"  JAX / PyTorch speed (best times): {min(torch_timer.wall) / min(jax_timer.wall):.2f}×")
+    for timer in jax_timers:
+      print(f"  {timer.name} / PyTorch speed (best times): "
+            f"{min(torch_timer.wall) / min(timer.wall):.2f}×")
   print(f"peak process memory {peak_rss_gb():.1f} GB")
 
 

@@ -259,11 +259,16 @@ def level_stats(samples: np.ndarray) -> dict[str, float]:
   }
 
 
-def bucket_length(length: int, unit: int) -> int:
-  """The smallest of `unit * (1, 1.5, 2, 3, 4, 6, 8, 12, ...)` that holds `length`."""
+def bucket_length(length: int, unit: int, per_octave: int = 2) -> int:
+  """The smallest bucket holding `length`: `per_octave` evenly spaced sizes in each doubling,
+  `unit * (1, 1.5, 2, 3, 4, 6, ...)` for 2, `unit * (1, 1.25, 1.5, 1.75, 2, 2.5, ...)` for 4
+  (the padding is at most 1/2 or 1/4 of the length, ~22% or ~9% on average)."""
+  if per_octave < 1:
+    raise ValueError(f"per_octave must be at least 1, got {per_octave}")
   k = 0
   while True:
-    for size in (unit << k, (3 * unit << k) // 2):
+    for step in range(per_octave):
+      size = ((per_octave + step) * unit << k) // per_octave
       if size >= length:
         return size
     k += 1
