@@ -76,6 +76,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # > 0: factorised codes (DAC): L2-normalised lookups in this many dimensions, learned
       # codebooks. 0: the original's EMA codebooks in the latent space.
       codebook_dim=0,
+      # "transposed" (original) or "resize": the decoder's upsampling layers as nearest-neighbour
+      # upsampling + convolution, same cost, no frame-periodic tones (`models.codec.Decoder`).
+      upsample="transposed",
   ))
   config.discriminator = ml_collections.ConfigDict(dict(
       periods=(2, 3, 5, 7, 11),

@@ -1,5 +1,6 @@
 """Inference wrapper (length buckets, masking), the code file format and the file CLI."""
 
+import hashlib
 import importlib.util
 import json
 import pathlib
@@ -63,6 +64,17 @@ def test_bucket_lengths():
           ] == [100, 100, 125, 150, 175, 200, 250, 300, 1000]
   with pytest.raises(ValueError, match="per_octave"):
     audio.bucket_length(5, 100, 0)
+
+
+def test_config_hash_of_a_codec_from_before_the_upsample_option_holds():
+  before = {k: v for k, v in codec_configs.get_config("lowrate").codec.to_dict().items()
+            if k != "upsample"}
+  # What code files have stored since the format began: sha256 of the sorted JSON of the kwargs.
+  canonical = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in before.items()},
+                         sort_keys=True)
+  expected = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+  assert inference_codec.config_hash({**before, "upsample": "transposed"}) == expected
+  assert inference_codec.config_hash({**before, "upsample": "resize"}) != expected
 
 
 def test_code_file_round_trip_and_errors(tmp_path):

@@ -43,11 +43,48 @@ def test_transposed_conv_matches_torch_lengths_and_values():
     assert relative_error(actual, expected) < 1e-5
 
 
+@pytest.mark.parametrize("stride", [2, 4, 10])
+def test_resize_conv_is_nearest_upsampling_then_convolution(stride):
+  """`resize=True`: by hand, repeat each input step `stride` times, correlate with the taps
+  reversed (a true convolution), divide by the stride; a steady input gives a steady output."""
+  kernel, padding = 2 * stride, stride // 2
+  rng = np.random.default_rng(2)
+  x = rng.standard_normal((2, 6, 3)).astype(np.float32)
+  module = layers.ConvTranspose1d(4, kernel, stride, padding, weight_norm=True, resize=True)
+  params = module.init(jax.random.key(0), x)
+  v = np.asarray(params["params"]["weight_v"])  # [in, out, stride + 1]
+  assert v.shape == (3, 4, stride + 1)
+  taps = np.asarray(layers.weight_norm(params["params"]["weight_g"], v))
+  bias = np.asarray(params["params"]["bias"])
+  upsampled = np.repeat(x, stride, axis=1)  # [B, 6 * stride, in]
+  expected = np.zeros((2, 6 * stride, 4))
+  for o in range(6 * stride):
+    for m in range(stride + 1):
+      n = o - m + padding
+      if 0 <= n < upsampled.shape[1]:
+        expected[:, o] += upsampled[:, n] @ taps[:, :, m]
+  expected = expected / stride + bias
+  actual = module.apply(params, x)
+  assert actual.shape == expected.shape
+  np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+  steady = module.apply(params, np.ones((1, 6, 3), np.float32))[0]
+  interior = steady[stride:-stride]  # away from the zero padding at either end
+  np.testing.assert_allclose(interior, np.broadcast_to(interior[:1], interior.shape), atol=1e-5)
+  free = layers.ConvTranspose1d(4, kernel, stride, padding, weight_norm=True)
+  periodic = free.apply(free.init(jax.random.key(0), x), np.ones((1, 6, 3), np.float32))[0]
+  assert np.ptp(periodic[stride:-stride], axis=0).max() > 1e-2  # a free kernel's phases differ
+  with pytest.raises(ValueError, match="resize needs a transposed conv"):
+    layers._TorchLayoutConv(4, (3,), (1,), ((1, 1),), (1,), use_weight_norm=False,
+                            resize=True).init(jax.random.key(0), x)
+
+
 @pytest.mark.parametrize("make, shape", [
     (lambda: layers.Conv1d(6, 7, 1, 3, dilation=3, weight_norm=True), (2, 19, 4)),
     (lambda: layers.Conv1d(6, 4, 2, 1), (2, 20, 4)),  # a strided encoder conv
     (lambda: layers.ConvTranspose1d(5, 10, 5, 2, weight_norm=True), (2, 7, 4)),
     (lambda: layers.ConvTranspose1d(5, 4, 2, 1), (1, 9, 4)),
+    (lambda: layers.ConvTranspose1d(5, 8, 4, 2, weight_norm=True, resize=True), (2, 7, 4)),
     (lambda: layers.Conv2d(5, (3, 9), (1, 2), (1, 4)), (2, 6, 17, 3)),  # the STFT discriminator's
 ])
 def test_every_convolution_form_equals_xla_convolution(make, shape):

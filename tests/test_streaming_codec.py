@@ -5,6 +5,7 @@ full-pass `encode` and streamed audio the full-pass `decode` for any chunking; t
 causal; the faithful codec's windowed decoder is measured against its full `decode`.
 """
 
+import functools
 import glob
 import os
 
@@ -225,3 +226,35 @@ def test_streaming_configs():
   assert smoke.codec.to_dict() == {**codec_configs.get_config("smoke").codec.to_dict(),
                                    "causal": True}
   assert codec_lib.decoder_lookahead_frames() == 4
+
+
+def test_resize_upsampling_streams_and_keeps_silence_steady(speech):
+  """`upsample="resize"` (not in the original): the causal decoder streams exactly, and the
+  faithful decoder turns steady latents into a steady output, where the original's transposed
+  convs make a tone at the frame rate."""
+  config = codec_configs.get_config("streaming_smoke")
+  kwargs = {**config.codec.to_dict(), "strides": (2, 2, 2, 2, 4), "upsample": "resize"}
+  model = Codec(**kwargs)
+  hop = 64
+  variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, 4 * hop)))
+  codes = jax.jit(functools.partial(model.apply, method=Codec.encode))(
+      variables, jnp.asarray(speech[0][None, :40 * hop]))
+  full = model.apply(variables, codes, method=Codec.decode)
+  stream, pieces = {}, []
+  for start, size in ((0, 1), (1, 7), (8, 32)):
+    out, state = model.apply({**variables, **stream}, codes[..., start:start + size],
+                             method=Codec.stream_decode, mutable=["stream"])
+    stream = dict(state)
+    pieces.append(out)
+  np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, rtol=0, atol=1e-5)
+
+  def steady_tone(upsample: str) -> float:
+    """Peak-to-peak of the output over the middle frames of a steady latent input."""
+    faithful = Codec(**{**kwargs, "causal": False, "upsample": upsample})
+    params = faithful.init(jax.random.key(1), jnp.zeros((1, 4 * hop)))
+    latent = jnp.broadcast_to(jax.random.normal(jax.random.key(2), (1, 1, 16)), (1, 24, 16))
+    audio = faithful.apply(params, latent, method=lambda m, z: m.decoder(z))[0, :, 0]
+    return float(np.ptp(np.asarray(audio)[8 * hop:16 * hop]))
+
+  assert steady_tone("resize") < 1e-5
+  assert steady_tone("transposed") > 1e-3

@@ -65,9 +65,15 @@ def _as_batch(wave: np.ndarray) -> np.ndarray:
 
 
 def config_hash(codec_kwargs: dict[str, Any]) -> str:
-  """A short, stable hash of a codec architecture (stored in code files, checked on decode)."""
+  """A short, stable hash of a codec architecture (stored in code files, checked on decode).
+
+  `upsample="transposed"`, the original's and the default, is left out, so codecs trained
+  before the option keep their hash.
+  """
+  kwargs = {k: v for k, v in codec_kwargs.items()
+            if not (k == "upsample" and v == "transposed")}
   canonical = json.dumps({k: list(v) if isinstance(v, tuple) else v
-                          for k, v in sorted(codec_kwargs.items())}, sort_keys=True)
+                          for k, v in sorted(kwargs.items())}, sort_keys=True)
   return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -92,16 +92,21 @@ def decoder_lookahead_frames(strides: Sequence[int] = DEFAULT_STRIDES) -> int:
 
 
 def _conv(causal: bool, features: int, kernel: int, stride: int = 1, padding: int = 0,
-          weight_norm: bool = True, transposed: bool = False, name: str | None = None):
+          weight_norm: bool = True, transposed: bool = False, resize: bool = False,
+          name: str | None = None):
   """The faithful layer (symmetric `padding`), or the causal one with the same parameters.
 
-  Both are called as `conv(x, stream)`; only the causal one streams.
+  Both are called as `conv(x, stream)`; only the causal one streams. `resize`: a transposed
+  conv as a resize-convolution (`layers._TorchLayoutConv`).
   """
   if causal:
     return StreamingConv1d(features, kernel, stride, weight_norm=weight_norm,
-                           transposed=transposed, name=name)
-  make = ConvTranspose1d if transposed else Conv1d
-  conv = make(features, kernel, stride, padding, weight_norm=weight_norm, name=name)
+                           transposed=transposed, resize=resize, name=name)
+  if transposed:
+    conv = ConvTranspose1d(features, kernel, stride, padding, weight_norm=weight_norm,
+                           resize=resize, name=name)
+  else:
+    conv = Conv1d(features, kernel, stride, padding, weight_norm=weight_norm, name=name)
   return lambda x, stream: conv(x)
 
 
@@ -187,16 +192,21 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
   """`[B, frames, hidden_dim]` → `[B, T', 1]` audio in (-1, 1) (see `_Valid` for `lengths`).
 
-  `causal`, `stream`: as for `Encoder`.
+  `causal`, `stream`: as for `Encoder`. `upsample`: "transposed" (the original's transposed
+  convs) or "resize" (the same layers as nearest-neighbour upsampling + convolution, whose
+  output for a steady input is steady: `layers._TorchLayoutConv`), not in the original.
   """
 
   channels: Sequence[int] = (512, 256, 128, 64, 32, 32)
   strides: Sequence[int] = (5, 2, 2, 2, 2)
   causal: bool = False
+  upsample: str = "transposed"
 
   @nn.compact
   def __call__(self, z: jax.Array, lengths: jax.Array | None = None,
                stream: bool = False) -> jax.Array:
+    if self.upsample not in ("transposed", "resize"):
+      raise ValueError(f"upsample must be 'transposed' or 'resize', got {self.upsample!r}")
     valid = _Valid(None if self.causal else lengths)
     z = valid.after(z)[0]
     x, valid = valid.after(
@@ -205,7 +215,7 @@ class Decoder(nn.Module):
       kernel, padding = _down_layout(stride)
       x, valid = valid.after(
           _conv(self.causal, out, kernel, stride, padding, transposed=True,
-                name=f"decoder_{2 * i}")(x, stream), kernel, stride, padding, transposed=True)
+                resize=self.upsample == "resize", name=f"decoder_{2 * i}")(x, stream), kernel, stride, padding, transposed=True)
       if i < len(self.strides) - 1:
         x = ResidualBlock(self.causal, name=f"decoder_{2 * i + 1}")(x, valid, stream)
     return jnp.tanh(_conv(self.causal, 1, 7, padding=3, weight_norm=False,
@@ -389,12 +399,14 @@ class Codec(nn.Module):
   codebook_dim: int = 0  # > 0: factorised codes (see `ResidualVQ`), not in the original
   dtype: str = "float32"
   causal: bool = False  # the streaming variant (module docstring), not in the original
+  upsample: str = "transposed"  # or "resize" (see `Decoder`), not in the original
 
   def setup(self):
     self.encoder = Encoder(self.encoder_channels, self.strides, self.hidden_dim, self.causal)
     self.quantizer = ResidualVQ(self.hidden_dim, self.codebook_size, self.num_quantizers,
                                 self.straight_through, self.codebook_dim)
-    self.decoder = Decoder(self.decoder_channels, tuple(reversed(self.strides)), self.causal)
+    self.decoder = Decoder(self.decoder_channels, tuple(reversed(self.strides)), self.causal,
+                           self.upsample)
 
   def __call__(self, audio: jax.Array, train: bool = False,
                levels: jax.Array | None = None) -> dict[str, Any]:

@@ -80,6 +80,13 @@ def fold_weight_norm(params: Any) -> Any:
   return {k: fold_weight_norm(v) for k, v in params.items()}
 
 
+def box_filter(weight: jax.Array, width: int) -> jax.Array:
+  """`[..., n]` → `[..., n + width - 1]`: the full moving average over `width` taps of the last axis."""
+  padded = jnp.pad(weight, [(0, 0)] * (weight.ndim - 1) + [(width - 1, width - 1)])
+  n = weight.shape[-1] + width - 1
+  return sum(padded[..., i:i + n] for i in range(width)) / width
+
+
 def _torch_uniform_init(fan_in: int):
   """PyTorch's default conv initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
   bound = 1.0 / np.sqrt(fan_in)
@@ -193,6 +200,11 @@ class _TorchLayoutConv(nn.Module):
   `width_in_batch=True` (2-D kernels `(k, 1)` with width stride 1 and no width padding only): `x`
   is `[N, H, C]` with the width folded into `N`, and the convolution runs as a 1-D one over `H`
   (XLA:CPU runs these ~1.7× faster than the same `(k, 1)` convolution over `[B, H, W, C]`).
+  `resize=True` (transposed only; not in the original): the weight parameter has
+  `k - stride + 1` taps and the kernel is its moving average over `stride` taps, so the layer
+  is a nearest-neighbour upsampling followed by a convolution (a resize-convolution) at the
+  transposed convolution's cost. Every output phase then sums the same taps: a constant input
+  gives a constant output, without the frame-periodic pattern a free kernel can make.
   """
 
   features: int
@@ -203,15 +215,20 @@ class _TorchLayoutConv(nn.Module):
   use_weight_norm: bool
   transposed: bool = False
   width_in_batch: bool = False
+  resize: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     in_features = x.shape[-1]
     kernel = tuple(self.kernel_size)
+    if self.resize and (not self.transposed or not 1 <= self.strides[0] <= kernel[0]):
+      raise ValueError(f"resize needs a transposed conv with 1 <= stride <= kernel, got "
+                       f"kernel {kernel}, strides {tuple(self.strides)}")
+    taps = (kernel[0] - self.strides[0] + 1,) if self.resize else kernel
     shape = ((in_features, self.features) if self.transposed
-             else (self.features, in_features)) + kernel
+             else (self.features, in_features)) + taps
     # PyTorch computes fan-in from weight.size(1) for both conv and transposed conv.
-    init = _torch_uniform_init(shape[1] * int(np.prod(kernel)))
+    init = _torch_uniform_init(shape[1] * int(np.prod(taps)))
     if self.use_weight_norm and not self.has_variable("params", "weight"):
       v = self.param("weight_v", init, shape)
       # PyTorch initialises g to ||v||, so the initial weight equals v.
@@ -221,6 +238,8 @@ class _TorchLayoutConv(nn.Module):
     else:
       weight = self.param("weight", init, shape)
     bias = self.param("bias", init, (self.features,))
+    if self.resize:
+      weight = box_filter(weight, self.strides[0])
     weight = weight.astype(x.dtype)
 
     strides, padding, dilation = tuple(self.strides), list(self.padding), tuple(self.dilation)
@@ -257,10 +276,10 @@ def Conv1d(features: int, kernel_size: int, stride: int = 1, padding: int | tupl
 
 
 def ConvTranspose1d(features: int, kernel_size: int, stride: int = 1, padding: int = 0,
-                    weight_norm: bool = False, name: str | None = None):
-  """`torch.nn.ConvTranspose1d` on `[B, T, C]`."""
+                    weight_norm: bool = False, resize: bool = False, name: str | None = None):
+  """`torch.nn.ConvTranspose1d` on `[B, T, C]` (`resize`: see `_TorchLayoutConv`)."""
   return _TorchLayoutConv(features, (kernel_size,), (stride,), ((padding, padding),), (1,),
-                          use_weight_norm=weight_norm, transposed=True, name=name)
+                          use_weight_norm=weight_norm, transposed=True, resize=resize, name=name)
 
 
 def Conv2d(features: int, kernel_size: tuple[int, int], stride: tuple[int, int] = (1, 1),
@@ -315,6 +334,7 @@ class StreamingConv1d(nn.Module):
   dilation: int = 1
   weight_norm: bool = False
   transposed: bool = False
+  resize: bool = False  # transposed only: see `_TorchLayoutConv`
 
   @nn.compact
   def __call__(self, x: jax.Array, stream: bool = False) -> jax.Array:
@@ -340,7 +360,8 @@ class StreamingConv1d(nn.Module):
       x = jnp.concatenate([history.value, x], axis=1)
       history.value = x[:, x.shape[1] - context:]
     conv = _TorchLayoutConv(self.features, (k,), (s,), (padding,), (d,),
-                            use_weight_norm=self.weight_norm, transposed=self.transposed)
+                            use_weight_norm=self.weight_norm, transposed=self.transposed,
+                            resize=self.resize)
     nn.share_scope(self, conv)
     return conv(x)
 
