@@ -64,6 +64,12 @@ def test_bucket_lengths():
           ] == [100, 100, 125, 150, 175, 200, 250, 300, 1000]
   with pytest.raises(ValueError, match="per_octave"):
     audio.bucket_length(5, 100, 0)
+  # What a server compiles before it serves: every encode bucket up to the longest question.
+  codec = inference_codec.CodecModel({}, {"params": {}})
+  assert codec.encode_buckets(3.1) == [1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5]
+  assert codec.encode_buckets(0.2) == [1.0]
+  coarse = inference_codec.CodecModel({}, {"params": {}}, bucket_seconds=0.5, buckets_per_octave=2)
+  assert coarse.encode_buckets(2.0) == [0.5, 0.75, 1.0, 1.5, 2.0]
 
 
 def test_config_hash_of_a_codec_from_before_the_upsample_option_holds():

@@ -117,6 +117,14 @@ class CodecModel:
   def num_samples(self, num_frames: int) -> int:
     return codec_lib.num_samples(num_frames, self._strides, self.model.causal)
 
+  def encode_buckets(self, max_seconds: float) -> list[float]:
+    """The lengths in seconds that `encode` pads to (each compiles once), up to the first that
+    holds `max_seconds`: what a server compiles before it serves."""
+    sizes = [bucket_length(1, self._sample_bucket, self._per_octave)]
+    while sizes[-1] < max_seconds * SAMPLE_RATE:
+      sizes.append(bucket_length(sizes[-1] + 1, self._sample_bucket, self._per_octave))
+    return [size / SAMPLE_RATE for size in sizes]
+
   def stream_encoder(self, **kwargs) -> "streaming.StreamEncoder":
     """A causal codec's streaming encoder (`telugu_jax.inference.streaming.StreamEncoder`).
 

@@ -38,8 +38,9 @@ from telugu_jax.inference.s2s import S2S
 
 SAMPLE_RATE = audio.SAMPLE_RATE
 QUESTION_BUCKETS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
-"""Question lengths in seconds that compile separately (the codec's and the S2S model's length
-buckets, `audio.bucket_length` with one-second units)."""
+"""Question lengths in seconds that compile separately in the S2S model (its length buckets,
+`audio.bucket_length` with one-second units); the codec's `encode` has its own, finer ones
+(`CodecModel.encode_buckets`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +183,8 @@ class Engine:
     if not buckets or buckets[-1] < max_question_seconds:
       buckets.append(next((b for b in QUESTION_BUCKETS if b >= max_question_seconds),
                           max_question_seconds))
+    if not self.streams_questions:  # whole questions go through the codec's `encode`
+      buckets = sorted(set(buckets) | set(self.codec.encode_buckets(max_question_seconds)))
     for seconds in buckets:
       start = time.perf_counter()
       wave = tone(0.95 * seconds)
