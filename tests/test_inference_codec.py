@@ -68,7 +68,8 @@ def test_bucket_lengths():
   codec = inference_codec.CodecModel({}, {"params": {}})
   assert codec.encode_buckets(3.1) == [1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5]
   assert codec.encode_buckets(0.2) == [1.0]
-  coarse = inference_codec.CodecModel({}, {"params": {}}, bucket_seconds=0.5, buckets_per_octave=2)
+  coarse = inference_codec.CodecModel({}, {"params": {}}, bucket_seconds=0.5,
+                                      buckets_per_octave=2)
   assert coarse.encode_buckets(2.0) == [0.5, 0.75, 1.0, 1.5, 2.0]
 
 

@@ -120,10 +120,13 @@ class CodecModel:
   def encode_buckets(self, max_seconds: float) -> list[float]:
     """The lengths in seconds that `encode` pads to (each compiles once), up to the first that
     holds `max_seconds`: what a server compiles before it serves."""
-    sizes = [bucket_length(1, self._sample_bucket, self._per_octave)]
+    sizes = [self._bucket(1, self._sample_bucket)]
     while sizes[-1] < max_seconds * SAMPLE_RATE:
-      sizes.append(bucket_length(sizes[-1] + 1, self._sample_bucket, self._per_octave))
+      sizes.append(self._bucket(sizes[-1] + 1, self._sample_bucket))
     return [size / SAMPLE_RATE for size in sizes]
+
+  def _bucket(self, length: int, unit: int) -> int:
+    return bucket_length(length, unit, self._per_octave)
 
   def stream_encoder(self, **kwargs) -> "streaming.StreamEncoder":
     """A causal codec's streaming encoder (`telugu_jax.inference.streaming.StreamEncoder`).
@@ -145,7 +148,7 @@ class CodecModel:
     """float32 `[B, T]` (or `[B, 1, T]`, or `[T]`) at 16 kHz → int32 codes `[B, n_q, frames]`."""
     wave = _as_batch(wave)
     length = wave.shape[1]
-    padded = np.pad(wave, ((0, 0), (0, bucket_length(length, self._sample_bucket, self._per_octave) - length)))
+    padded = np.pad(wave, ((0, 0), (0, self._bucket(length, self._sample_bucket) - length)))
     lengths = np.full((wave.shape[0],), length, np.int32)
     codes = self._encode(self.inference_variables, padded, lengths)
     return np.asarray(codes[:, :, : self.num_frames(length)])
@@ -196,7 +199,7 @@ class CodecModel:
       codes = codes[:, :levels]
     frames = codes.shape[2]
     padded = np.pad(codes.astype(np.int32),
-                    ((0, 0), (0, 0), (0, bucket_length(frames, self._frame_bucket, self._per_octave) - frames)))
+                    ((0, 0), (0, 0), (0, self._bucket(frames, self._frame_bucket) - frames)))
     lengths = np.full((codes.shape[0],), frames, np.int32)
     wave = self._decode(self.inference_variables, padded, lengths)
     return np.asarray(wave[:, : self.num_samples(frames)])

@@ -215,7 +215,8 @@ class Decoder(nn.Module):
       kernel, padding = _down_layout(stride)
       x, valid = valid.after(
           _conv(self.causal, out, kernel, stride, padding, transposed=True,
-                resize=self.upsample == "resize", name=f"decoder_{2 * i}")(x, stream), kernel, stride, padding, transposed=True)
+                resize=self.upsample == "resize", name=f"decoder_{2 * i}")(x, stream),
+          kernel, stride, padding, transposed=True)
       if i < len(self.strides) - 1:
         x = ResidualBlock(self.causal, name=f"decoder_{2 * i + 1}")(x, valid, stream)
     return jnp.tanh(_conv(self.causal, 1, 7, padding=3, weight_norm=False,

@@ -81,7 +81,8 @@ def fold_weight_norm(params: Any) -> Any:
 
 
 def box_filter(weight: jax.Array, width: int) -> jax.Array:
-  """`[..., n]` → `[..., n + width - 1]`: the full moving average over `width` taps of the last axis."""
+  """`[..., n]` → `[..., n + width - 1]`: the full moving average over `width` taps of the last
+  axis."""
   padded = jnp.pad(weight, [(0, 0)] * (weight.ndim - 1) + [(width - 1, width - 1)])
   n = weight.shape[-1] + width - 1
   return sum(padded[..., i:i + n] for i in range(width)) / width
