@@ -21,6 +21,7 @@ from telugu_jax.inference import codec as inference_codec
 from telugu_jax.inference import streaming
 from telugu_jax.models import codec as codec_lib
 from telugu_jax.models.codec import Codec
+from telugu_jax.train import codec as codec_trainer
 
 COMMON_VOICE_DEV = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "common-voice-te-dev")
@@ -63,8 +64,8 @@ def codecs(tmp_path_factory):
   kwargs = config.codec.to_dict()
   assert kwargs["causal"] is True
   # An "rbg" key: its random bits compile in a third of threefry's time.
-  variables = jax.jit(Codec(**kwargs).init)(jax.random.key(0, impl="rbg"),
-                                            jnp.zeros((1, 4 * HOP)))
+  variables = codec_trainer.run_once(Codec(**kwargs).init, jax.random.key(0, impl="rbg"),
+                                     jnp.zeros((1, 4 * HOP)))
   path = str(tmp_path_factory.mktemp("ckpt") / "ckpt")
   checkpoints.save(path, 0, {"gen": dict(variables)},
                    checkpoints.model_meta("codec", codec=kwargs))
@@ -235,7 +236,7 @@ def test_resize_upsampling_streams_and_keeps_silence_steady():
   config = codec_configs.get_config("streaming_smoke")
   kwargs = {**config.codec.to_dict(), "strides": (2, 2, 2, 2, 4), "upsample": "resize"}
   model, hop, key = Codec(**kwargs), 64, jax.random.key(0, impl="rbg")
-  variables = jax.jit(model.init)(key, jnp.zeros((1, 4 * hop)))
+  variables = codec_trainer.run_once(model.init, key, jnp.zeros((1, 4 * hop)))
   codes = jax.random.randint(key, (1, 8, 16), 0, kwargs["codebook_size"])
   full = jax.jit(functools.partial(model.apply, method=Codec.decode))(variables, codes)
   step = jax.jit(functools.partial(model.apply, method=Codec.stream_decode, mutable=["stream"]))
@@ -252,7 +253,8 @@ def test_resize_upsampling_streams_and_keeps_silence_steady():
     """Peak-to-peak of the output over the middle frames of a steady latent input."""
     decoder = codec_lib.Decoder(kwargs["decoder_channels"], tuple(reversed(kwargs["strides"])),
                                 upsample=upsample)
-    audio = jax.jit(lambda z: decoder.apply(decoder.init(jax.random.key(1), z), z))(latent)
+    audio = codec_trainer.run_once(
+        lambda z: decoder.apply(decoder.init(jax.random.key(1), z), z), latent)
     return float(np.ptp(np.asarray(audio)[0, 8 * hop:16 * hop, 0]))
 
   assert steady_tone("resize") < 1e-5
