@@ -234,7 +234,8 @@ CODEC_INFO_NAME = "codec.json"
 
 
 def _codec_for_codes(codec_checkpoint: str | None):
-  """`(codec model, its description)`: a loaded checkpoint, or the untrained demo codec."""
+  """`(make codec model, its kwargs, its description)`: a loaded checkpoint, or the untrained demo
+  codec, whose initialisation (~20 s of compilation on 2 cores) waits until codes are encoded."""
   import jax  # Only encoding needs JAX and the codec.
 
   from telugu_jax.inference import codec as inference_codec
@@ -244,11 +245,16 @@ def _codec_for_codes(codec_checkpoint: str | None):
 
   if codec_checkpoint:
     root = checkpoints.resolve(codec_checkpoint)
-    return (inference_codec.load_codec(root),
-            f"{os.path.abspath(root)} step {checkpoints.latest_step(root)}")
-  audio_in = np.zeros((1, audio.SAMPLE_RATE), np.float32)
-  variables = jax.jit(Codec(**DEMO_CODEC).init)(jax.random.key(0), audio_in)
-  return inference_codec.CodecModel(DEMO_CODEC, variables), "untrained demo codec, seed 0"
+    codec = inference_codec.load_codec(root)
+    return (lambda: codec), codec.codec_kwargs, (
+        f"{os.path.abspath(root)} step {checkpoints.latest_step(root)}")
+
+  def untrained():
+    audio_in = np.zeros((1, audio.SAMPLE_RATE), np.float32)
+    variables = jax.jit(Codec(**DEMO_CODEC).init)(jax.random.key(0), audio_in)
+    return inference_codec.CodecModel(DEMO_CODEC, variables)
+
+  return untrained, DEMO_CODEC, "untrained demo codec, seed 0"
 
 
 def sample_code_shards(codec_checkpoint: str | None = None,
@@ -268,11 +274,12 @@ def sample_code_shards(codec_checkpoint: str | None = None,
   """
   audio_shards = sample_shards(cache_dir)
   cache_dir = os.fspath(cache_dir) if cache_dir is not None else _default_cache_dir()
-  codec, description = _codec_for_codes(codec_checkpoint)
+  make_codec, codec_kwargs, description = _codec_for_codes(codec_checkpoint)
   key = hashlib.sha256(f"{_corpus_fingerprint(CORPUS_DIR)} {description} "
-                       f"{sorted(codec.codec_kwargs.items())}".encode()).hexdigest()[:16]
+                       f"{sorted(codec_kwargs.items())}".encode()).hexdigest()[:16]
   target = os.path.join(cache_dir, f"codes-{key}")
   if not os.path.isfile(os.path.join(target, CODEC_INFO_NAME)):
+    codec = make_codec()
     os.makedirs(cache_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".encoding-", dir=cache_dir)
     try:
