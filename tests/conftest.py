@@ -46,3 +46,13 @@ def _torch_threads():
   except ImportError:
     return
   torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+# The trainers' test files take longest (they launch training processes): collected first, they
+# start first on the parallel workers (each test file runs on one) instead of finishing the run
+# on their own.
+_SLOWEST_FILES = ("test_train_codec.py", "test_train_s2s.py")
+
+
+def pytest_collection_modifyitems(items):
+  items.sort(key=lambda item: item.path.name not in _SLOWEST_FILES)
