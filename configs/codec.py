@@ -90,10 +90,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # the first batch's residuals and re-seed rows whose EMA count falls below the threshold.
   # 0.0 and False are the original. A re-seeded row starts with EMA count `reseed_count`: the
   # lower, the sooner it is re-seeded again if no vector picks it (see `train.codec.reseed_codes`).
+  # `reseed_split` > 0: a dead row splits a used code (that code's row moved this fraction of the
+  # way to a residual it quantizes) instead of becoming the residual itself; 0.0 is the latter.
   # `quantizer_dropout`: the share of examples that train only the first k ~ U{1..n_q} levels
   # (DAC), so that decoding with fewer levels works.
   config.vq = ml_collections.ConfigDict(dict(init_from_data=False, dead_code_threshold=0.0,
-                                             reseed_count=1.0, quantizer_dropout=0.0))
+                                             reseed_count=1.0, reseed_split=0.0,
+                                             quantizer_dropout=0.0))
   # "float32" or "bfloat16" convolutions (parameters, quantizer, losses stay float32).
   config.compute_dtype = "float32"
 

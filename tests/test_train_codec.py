@@ -194,6 +194,34 @@ def test_reseed_codes_replaces_only_dead_rows():
   np.testing.assert_array_equal(light["codebooks"], out["codebooks"])
 
 
+def test_reseed_split_moves_the_picked_residuals_code_toward_it():
+  rng = jax.random.key(3)
+  codebooks = np.array([[[0.0, 0.0], [10.0, 10.0], [-4.0, 8.0]],
+                        [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]], np.float32)  # [n_q=2, K=3, D=2]
+  ema = {"ema_cluster_size": np.array([[5.0, 0.001, 2.0], [0.001, 3.0, 3.0]]),
+         "ema_w": codebooks.copy(), "codebooks": codebooks}
+  residuals = np.random.default_rng(0).normal(size=(2, 2, 3, 2)).astype(np.float32)  # [n_q,B,T,D]
+  codes = np.array([[[0, 2, 0], [2, 2, 0]], [[1, 2, 1], [2, 1, 2]]])  # [B, n_q, T]
+  out = trainer.reseed_codes(rng, ema, residuals, threshold=0.01, reseed_all=False,
+                             count=0.2, split=0.25, codes=codes)
+  # Every allowed value, by hand: the residual at (b, t) of level q and the row it picked.
+  for q, dead_row in ((0, 1), (1, 0)):
+    allowed = [codebooks[q, codes[b, q, t]]
+               + 0.25 * (residuals[q, b, t] - codebooks[q, codes[b, q, t]])
+               for b in range(2) for t in range(3)]
+    got = np.asarray(out["codebooks"][q, dead_row])
+    assert min(np.abs(got - a).max() for a in allowed) < 1e-6, (q, got)
+    np.testing.assert_allclose(out["ema_w"][q, dead_row], 0.2 * got, rtol=1e-6)
+  np.testing.assert_array_equal(out["codebooks"][0, [0, 2]], codebooks[0, [0, 2]])
+  np.testing.assert_array_equal(out["codebooks"][1, [1, 2]], codebooks[1, [1, 2]])
+  # The initialisation from data ignores the split: every row is a residual vector.
+  everything = trainer.reseed_codes(rng, ema, residuals, threshold=0.0, reseed_all=True,
+                                    split=0.25, codes=codes)
+  for q in range(2):
+    candidates = {tuple(v) for v in residuals[q].reshape(-1, 2)}
+    assert all(tuple(v) in candidates for v in np.asarray(everything["codebooks"][q]))
+
+
 def test_reseed_count_below_the_threshold_is_refused():
   with pytest.raises(ValueError, match="reseed_count"):
     trainer.build_models(tiny_config(**{"vq.dead_code_threshold": 0.1, "vq.reseed_count": 0.05}))

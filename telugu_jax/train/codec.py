@@ -56,6 +56,8 @@ def build_models(config: ml_collections.ConfigDict) -> tuple[Codec, Discriminato
     raise ValueError(f"vq.reseed_count ({config.vq.reseed_count}) must be at least "
                      f"vq.dead_code_threshold ({config.vq.dead_code_threshold}): a row re-seeded "
                      "below the threshold would be re-seeded again at every step")
+  if not 0.0 <= config.vq.get("reseed_split", 0.0) <= 1.0:
+    raise ValueError(f"vq.reseed_split must lie in [0, 1], got {config.vq.reseed_split}")
   if not 0.0 <= config.vq.get("quantizer_dropout", 0.0) <= 1.0:
     raise ValueError(f"vq.quantizer_dropout must lie in [0, 1], got {config.vq.quantizer_dropout}")
   return (Codec(**config.codec, dtype=config.compute_dtype),
@@ -172,7 +174,8 @@ def sample_levels(rng: jax.Array, batch: int, num_quantizers: int,
 
 
 def reseed_codes(rng: jax.Array, ema: dict[str, jax.Array], residuals: jax.Array,
-                 threshold: float, reseed_all: jax.Array, count: float = 1.0
+                 threshold: float, reseed_all: jax.Array, count: float = 1.0,
+                 split: float = 0.0, codes: jax.Array | None = None
                  ) -> dict[str, jax.Array]:
   """Re-seeds dead codebook rows from this batch's residuals (not in the original).
 
@@ -182,14 +185,26 @@ def reseed_codes(rng: jax.Array, ema: dict[str, jax.Array], residuals: jax.Array
   re-seeded row that no vector picks is re-seeded again `log(count / threshold) / -log(0.99)`
   steps later (230 steps for count 1 and threshold 0.1).
 
+  `split > 0` splits a used code instead: the dead row becomes `row + split * (r - row)`, where
+  `r` is the random residual and `row` the codebook row that `r` picked, so busy codes are split
+  in proportion to their use. In many dimensions a residual vector is farther from the other
+  vectors of its cell than the cell's centroid is, so a row set to a residual is picked by few
+  vectors and goes dead again (the deep levels' churn); a row near a centroid takes about half
+  of that centroid's cell. `reseed_all` always uses the residuals themselves.
+
   Args:
     ema: `ema_cluster_size [n_q, K]`, `ema_w` and `codebooks` `[n_q, K, D]` after the update.
     residuals: `[n_q, B, T, D]` each level's input this step.
+    codes: `[B, n_q, T]` the codes the residuals picked (needed when `split > 0`).
   """
   n_q, size = ema["ema_cluster_size"].shape
   flat = residuals.reshape(n_q, -1, residuals.shape[-1])
   picks = jax.random.randint(rng, (n_q, size), 0, flat.shape[1])
   samples = jnp.take_along_axis(flat, picks[..., None], axis=1)  # [n_q, K, D]
+  if split > 0:
+    picked = jnp.take_along_axis(jnp.swapaxes(codes, 0, 1).reshape(n_q, -1), picks, axis=1)
+    rows = jnp.take_along_axis(ema["codebooks"], picked[..., None], axis=1)  # [n_q, K, D]
+    samples = jnp.where(reseed_all, samples, rows + split * (samples - rows))
   dead = (ema["ema_cluster_size"] < threshold) | reseed_all
   return {
       "ema_cluster_size": jnp.where(dead, count, ema["ema_cluster_size"]),
@@ -274,7 +289,8 @@ def make_train_step(config: ml_collections.ConfigDict,
         ema = reseed_codes(jax.random.fold_in(base_rng, state["step"]), ema, out["residuals"],
                            config.vq.dead_code_threshold,
                            config.vq.init_from_data & (state["step"] == 0),
-                           config.vq.get("reseed_count", 1.0))
+                           config.vq.get("reseed_count", 1.0),
+                           config.vq.get("reseed_split", 0.0), out["codes"])
       params = with_codebooks(gen["params"], ema["codebooks"])
       vq = {"quantizer": {"ema_cluster_size": ema["ema_cluster_size"], "ema_w": ema["ema_w"]}}
     updates, gen_opt = tx.update(gen_grads, gen["opt"], params)
