@@ -92,10 +92,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # lower, the sooner it is re-seeded again if no vector picks it (see `train.codec.reseed_codes`).
   # `reseed_split` > 0: a dead row splits a used code (that code's row moved this fraction of the
   # way to a residual it quantizes) instead of becoming the residual itself; 0.0 is the latter.
+  # It applies to levels `reseed_split_from_level` and deeper (the noise-like ones).
   # `quantizer_dropout`: the share of examples that train only the first k ~ U{1..n_q} levels
   # (DAC), so that decoding with fewer levels works.
   config.vq = ml_collections.ConfigDict(dict(init_from_data=False, dead_code_threshold=0.0,
                                              reseed_count=1.0, reseed_split=0.0,
+                                             reseed_split_from_level=0,
                                              quantizer_dropout=0.0))
   # "float32" or "bfloat16" convolutions (parameters, quantizer, losses stay float32).
   config.compute_dtype = "float32"

@@ -214,6 +214,12 @@ def test_reseed_split_moves_the_picked_residuals_code_toward_it():
     np.testing.assert_allclose(out["ema_w"][q, dead_row], 0.2 * got, rtol=1e-6)
   np.testing.assert_array_equal(out["codebooks"][0, [0, 2]], codebooks[0, [0, 2]])
   np.testing.assert_array_equal(out["codebooks"][1, [1, 2]], codebooks[1, [1, 2]])
+  # From level 1 on only: level 0's dead row becomes the residual itself, level 1's still splits.
+  deep = trainer.reseed_codes(rng, ema, residuals, threshold=0.01, reseed_all=False,
+                              count=0.2, split=0.25, codes=codes, split_from_level=1)
+  assert tuple(np.asarray(deep["codebooks"][0, 1])) in {tuple(v) for v in
+                                                        residuals[0].reshape(-1, 2)}
+  np.testing.assert_array_equal(deep["codebooks"][1], out["codebooks"][1])
   # The initialisation from data ignores the split: every row is a residual vector.
   everything = trainer.reseed_codes(rng, ema, residuals, threshold=0.0, reseed_all=True,
                                     split=0.25, codes=codes)

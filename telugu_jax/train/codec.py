@@ -58,6 +58,9 @@ def build_models(config: ml_collections.ConfigDict) -> tuple[Codec, Discriminato
                      "below the threshold would be re-seeded again at every step")
   if not 0.0 <= config.vq.get("reseed_split", 0.0) <= 1.0:
     raise ValueError(f"vq.reseed_split must lie in [0, 1], got {config.vq.reseed_split}")
+  if not 0 <= config.vq.get("reseed_split_from_level", 0) < config.codec.num_quantizers:
+    raise ValueError(f"vq.reseed_split_from_level must name a level in [0, "
+                     f"{config.codec.num_quantizers}), got {config.vq.reseed_split_from_level}")
   if not 0.0 <= config.vq.get("quantizer_dropout", 0.0) <= 1.0:
     raise ValueError(f"vq.quantizer_dropout must lie in [0, 1], got {config.vq.quantizer_dropout}")
   return (Codec(**config.codec, dtype=config.compute_dtype),
@@ -175,8 +178,8 @@ def sample_levels(rng: jax.Array, batch: int, num_quantizers: int,
 
 def reseed_codes(rng: jax.Array, ema: dict[str, jax.Array], residuals: jax.Array,
                  threshold: float, reseed_all: jax.Array, count: float = 1.0,
-                 split: float = 0.0, codes: jax.Array | None = None
-                 ) -> dict[str, jax.Array]:
+                 split: float = 0.0, codes: jax.Array | None = None,
+                 split_from_level: int = 0) -> dict[str, jax.Array]:
   """Re-seeds dead codebook rows from this batch's residuals (not in the original).
 
   A row whose EMA count is below `threshold` (or every row when `reseed_all`, used to
@@ -190,7 +193,8 @@ def reseed_codes(rng: jax.Array, ema: dict[str, jax.Array], residuals: jax.Array
   in proportion to their use. In many dimensions a residual vector is farther from the other
   vectors of its cell than the cell's centroid is, so a row set to a residual is picked by few
   vectors and goes dead again (the deep levels' churn); a row near a centroid takes about half
-  of that centroid's cell. `reseed_all` always uses the residuals themselves.
+  of that centroid's cell. Levels below `split_from_level` keep the residuals themselves, and
+  `reseed_all` always uses them.
 
   Args:
     ema: `ema_cluster_size [n_q, K]`, `ema_w` and `codebooks` `[n_q, K, D]` after the update.
@@ -204,7 +208,8 @@ def reseed_codes(rng: jax.Array, ema: dict[str, jax.Array], residuals: jax.Array
   if split > 0:
     picked = jnp.take_along_axis(jnp.swapaxes(codes, 0, 1).reshape(n_q, -1), picks, axis=1)
     rows = jnp.take_along_axis(ema["codebooks"], picked[..., None], axis=1)  # [n_q, K, D]
-    samples = jnp.where(reseed_all, samples, rows + split * (samples - rows))
+    splits = (jnp.arange(n_q) >= split_from_level)[:, None, None] & jnp.logical_not(reseed_all)
+    samples = jnp.where(splits, rows + split * (samples - rows), samples)
   dead = (ema["ema_cluster_size"] < threshold) | reseed_all
   return {
       "ema_cluster_size": jnp.where(dead, count, ema["ema_cluster_size"]),
@@ -290,7 +295,8 @@ def make_train_step(config: ml_collections.ConfigDict,
                            config.vq.dead_code_threshold,
                            config.vq.init_from_data & (state["step"] == 0),
                            config.vq.get("reseed_count", 1.0),
-                           config.vq.get("reseed_split", 0.0), out["codes"])
+                           config.vq.get("reseed_split", 0.0), out["codes"],
+                           config.vq.get("reseed_split_from_level", 0))
       params = with_codebooks(gen["params"], ema["codebooks"])
       vq = {"quantizer": {"ema_cluster_size": ema["ema_cluster_size"], "ema_w": ema["ema_w"]}}
     updates, gen_opt = tx.update(gen_grads, gen["opt"], params)
