@@ -116,6 +116,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Steps before this one train the generator alone (no discriminator, no adversarial or
   # feature-matching term): a reconstruction warm-up, not in the original (0).
   config.adversarial_start_step = 0
+  # Not in the original: negate the decoder's output (final convolution and its Adam moments)
+  # when a training batch's reconstruction correlates with the input below -0.1, i.e. the decoder
+  # learned the waveform upside down, which only the L1 and snr terms can tell
+  # (`train.codec.correct_polarity`).
+  config.correct_polarity = False
   # Generator objective; "mel" (multi-scale log-mel L1), "si_sdr" and "snr" (minus the SI-SDR
   # and the SNR in dB of the reconstruction) are not in the original.
   config.loss_weights = ml_collections.ConfigDict(dict(
@@ -211,6 +216,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       config.vq.init_from_data = True
       config.vq.dead_code_threshold = 0.1
       config.vq.reseed_count = 0.2
+      # Dead rows of levels 4-7 split a used code (the deep levels' churn left 57 of 1024 dead);
+      # a decoder that learned the waveform upside down is flipped (README: "Re-seeding by
+      # splitting, and a decoder upside down").
+      config.vq.reseed_split = 0.05
+      config.vq.reseed_split_from_level = 4
+      config.correct_polarity = True
       # The phase, which the mel loss ignores (SI-SDR), and the output's level, which SI-SDR
       # ignores (SNR); SI-SDR weight 1 saturated the full-size decoder's tanh within 20 steps.
       # Both measured in the README ("The level too").

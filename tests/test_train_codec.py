@@ -19,7 +19,7 @@ import pytest
 from conftest import ROOT
 
 from configs import codec as codec_configs
-from telugu_jax import checkpoints, inference
+from telugu_jax import checkpoints, inference, optim
 from telugu_jax.data import pipelines
 from telugu_jax.data.sample_corpus import CORPUS_DIR
 from telugu_jax.evaluation import quality
@@ -226,6 +226,37 @@ def test_reseed_split_moves_the_picked_residuals_code_toward_it():
   for q in range(2):
     candidates = {tuple(v) for v in residuals[q].reshape(-1, 2)}
     assert all(tuple(v) in candidates for v in np.asarray(everything["codebooks"][q]))
+
+
+def test_correct_polarity_negates_the_output_of_an_upside_down_decoder_only():
+  config = tiny_config(correct_polarity=True)
+  codec, _ = trainer.build_models(config)
+  state = trainer.init_state(config, jax.random.key(0))
+  moments = optim.get_moments(state["gen"]["opt"])
+  mu = jax.tree.map(lambda p: np.full(p.shape, 0.5, np.float32), state["gen"]["params"])
+  gen = {**state["gen"], "opt": optim.set_moments(state["gen"]["opt"], moments._replace(mu=mu))}
+  audio = np.random.default_rng(0).standard_normal((2, 2000)).astype(np.float32) * 0.1
+
+  def reconstruct(g):
+    return np.asarray(codec.apply({"params": g["params"], "vq": g["vq"]}, audio)["audio"])
+
+  flipped_gen, flipped = trainer.correct_polarity(gen, audio, -audio)
+  assert bool(flipped)
+  np.testing.assert_allclose(reconstruct(flipped_gen), -reconstruct(gen), atol=1e-6)
+  new = optim.get_moments(flipped_gen["opt"])
+  expected_mu = {**mu, "decoder": {**mu["decoder"], "final_conv": jax.tree.map(
+      lambda m: -m, mu["decoder"]["final_conv"])}}
+  for a, b in zip(jax.tree.leaves(new.mu), jax.tree.leaves(expected_mu)):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(new.nu), jax.tree.leaves(moments.nu)):
+    np.testing.assert_array_equal(a, b)
+  # A right-way-up or barely anti-correlated (-0.05) reconstruction is left alone.
+  noise = np.random.default_rng(1).standard_normal(audio.shape).astype(np.float32) * 0.1
+  for recon in (audio, -0.05 * audio + noise):
+    same_gen, flipped = trainer.correct_polarity(gen, audio, recon)
+    assert not bool(flipped)
+    for a, b in zip(jax.tree.leaves(same_gen), jax.tree.leaves(gen)):
+      np.testing.assert_array_equal(a, b)
 
 
 def test_reseed_count_below_the_threshold_is_refused():

@@ -176,6 +176,38 @@ def sample_levels(rng: jax.Array, batch: int, num_quantizers: int,
   return jnp.where(jax.random.uniform(use_rng, (batch,)) < dropout, levels, num_quantizers)
 
 
+POLARITY_FLIP_CORRELATION = -0.1
+
+
+def correct_polarity(gen: dict, audio: jax.Array, recon: jax.Array) -> tuple[dict, jax.Array]:
+  """Negates the decoder's output when this batch's reconstruction is the input upside down.
+
+  The mel, SI-SDR and adversarial terms cannot tell a waveform from its negative; only the L1 and
+  `snr` terms can, and a decoder that learned the inverted waveform is stuck there: they shrink
+  its output towards zero (which the mel term resists) instead of flipping it. When the batch's
+  correlation of input and reconstruction is below `POLARITY_FLIP_CORRELATION`, the final
+  convolution's kernel and bias (before the odd `tanh`) and their Adam first moments change
+  sign: the output is negated and the sign-blind terms see the same model. Returns
+  `(gen, flipped)` and prints a line when it flips.
+  """
+  correlation = jnp.sum(audio * recon) / jnp.sqrt(
+      jnp.sum(audio * audio) * jnp.sum(recon * recon) + 1e-12)
+  flipped = correlation < POLARITY_FLIP_CORRELATION
+  sign = jnp.where(flipped, -1.0, 1.0)
+  jax.lax.cond(flipped, lambda: jax.debug.print(
+      "reconstruction correlated {c:.3f} with the input: decoder output negated "
+      "(correct_polarity)", c=correlation), lambda: None)
+
+  def negate_output(tree):
+    decoder = tree["decoder"]
+    final = jax.tree.map(lambda x: x * sign.astype(x.dtype), decoder["final_conv"])
+    return {**tree, "decoder": {**decoder, "final_conv": final}}
+
+  moments = optim.get_moments(gen["opt"])
+  opt = optim.set_moments(gen["opt"], moments._replace(mu=negate_output(moments.mu)))
+  return {**gen, "params": negate_output(gen["params"]), "opt": opt}, flipped
+
+
 def reseed_codes(rng: jax.Array, ema: dict[str, jax.Array], residuals: jax.Array,
                  threshold: float, reseed_all: jax.Array, count: float = 1.0,
                  split: float = 0.0, codes: jax.Array | None = None,
@@ -302,15 +334,20 @@ def make_train_step(config: ml_collections.ConfigDict,
     updates, gen_opt = tx.update(gen_grads, gen["opt"], params)
     params = optax.apply_updates(params, updates)
 
+    new_gen = {"params": params, "opt": gen_opt, "vq": vq}
+    flipped = jnp.zeros((), bool)
+    if config.get("correct_polarity", False):
+      new_gen, flipped = correct_polarity(new_gen, audio, jax.lax.stop_gradient(out["audio"]))
     new_state = {
-        "gen": {"params": params, "opt": gen_opt, "vq": vq},
+        "gen": new_gen,
         "disc": {"params": disc_params, "opt": disc_opt},
         "step": state["step"] + 1,
     }
     metrics = {"gen_loss": gen_loss, "disc_loss": disc_loss, **gen_terms, **disc_terms,
                "gen_grad_norm": optax.global_norm(gen_grads),
                "disc_grad_norm": optax.global_norm(disc_grads),
-               "learning_rate": optim.get_moments(gen_opt).learning_rate}
+               "learning_rate": optim.get_moments(gen_opt).learning_rate,
+               "polarity_flipped": flipped.astype(jnp.float32)}
     return new_state, metrics
 
   return train_step
