@@ -335,9 +335,8 @@ def make_train_step(config: ml_collections.ConfigDict,
     params = optax.apply_updates(params, updates)
 
     new_gen = {"params": params, "opt": gen_opt, "vq": vq}
-    flipped = jnp.zeros((), bool)
     if config.get("correct_polarity", False):
-      new_gen, flipped = correct_polarity(new_gen, audio, jax.lax.stop_gradient(out["audio"]))
+      new_gen, _ = correct_polarity(new_gen, audio, jax.lax.stop_gradient(out["audio"]))
     new_state = {
         "gen": new_gen,
         "disc": {"params": disc_params, "opt": disc_opt},
@@ -346,8 +345,7 @@ def make_train_step(config: ml_collections.ConfigDict,
     metrics = {"gen_loss": gen_loss, "disc_loss": disc_loss, **gen_terms, **disc_terms,
                "gen_grad_norm": optax.global_norm(gen_grads),
                "disc_grad_norm": optax.global_norm(disc_grads),
-               "learning_rate": optim.get_moments(gen_opt).learning_rate,
-               "polarity_flipped": flipped.astype(jnp.float32)}
+               "learning_rate": optim.get_moments(gen_opt).learning_rate}
     return new_state, metrics
 
   return train_step
