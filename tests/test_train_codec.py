@@ -259,6 +259,34 @@ def test_correct_polarity_negates_the_output_of_an_upside_down_decoder_only():
       np.testing.assert_array_equal(a, b)
 
 
+def test_jitted_train_step_negates_the_updated_decoder_output(monkeypatch):
+  # Any correlation is below 2: every batch counts as upside down, so the compiled step must flip.
+  monkeypatch.setattr(trainer, "POLARITY_FLIP_CORRELATION", 2.0)
+  audio = np.random.default_rng(2).standard_normal((2, 2000)).astype(np.float32) * 0.1
+  after = {}
+  for correct in (False, True):
+    config = tiny_config(correct_polarity=correct)
+    state = trainer.init_state(config, jax.random.key(0))
+    after[correct] = jax.jit(trainer.make_train_step(config, adversarial=False))(state, audio)[0]
+
+  def split_final_conv(gen):
+    """(the decoder's final conv params and Adam first moments, everything else of `gen`)."""
+    moments = optim.get_moments(gen["opt"])
+    finals = (gen["params"]["decoder"]["final_conv"], moments.mu["decoder"]["final_conv"])
+    rest = ({k: v for k, v in gen["params"]["decoder"].items() if k != "final_conv"},
+            {k: v for k, v in gen["params"].items() if k != "decoder"}, gen["vq"], moments.nu,
+            {k: v for k, v in moments.mu["decoder"].items() if k != "final_conv"},
+            {k: v for k, v in moments.mu.items() if k != "decoder"})
+    return finals, rest
+
+  (plain_final, plain_rest), (flipped_final, flipped_rest) = (
+      split_final_conv(after[c]["gen"]) for c in (False, True))
+  for a, b in zip(jax.tree.leaves(flipped_final), jax.tree.leaves(plain_final), strict=True):
+    np.testing.assert_allclose(a, -b, rtol=1e-6, atol=1e-9)
+  for a, b in zip(jax.tree.leaves(flipped_rest), jax.tree.leaves(plain_rest), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
 def test_reseed_count_below_the_threshold_is_refused():
   with pytest.raises(ValueError, match="reseed_count"):
     trainer.build_models(tiny_config(**{"vq.dead_code_threshold": 0.1, "vq.reseed_count": 0.05}))
