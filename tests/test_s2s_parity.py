@@ -307,3 +307,48 @@ def test_original_training_step_matches_torch_adamw_which_skips_the_unread_encod
       assert not np.array_equal(got, before), where
       checked, total = checked + np.sum(np.abs(grad) >= noise_level), total + grad.size
   assert checked > 0.5 * total, (checked, total)  # most weights are held to 1e-6
+
+
+def test_skip_unread_encoder_changes_nothing_but_the_encoder_statistics():
+  """`skip_unread_encoder` drops the original's encoder pass from the train step: with dropout on,
+  parameters, optimizer state and metrics equal the full step's, and only the encoder's
+  BatchNorm statistics, which the full step moves, stay as they were. The fixed variant, whose
+  decoder reads the encoder, refuses it."""
+  from configs import s2s as s2s_configs
+  from telugu_jax.train import s2s as trainer
+
+  variables, model_config = convert_s2s_state_dict(numpy_state(torch_model(**TINY)), "original")
+  params = variables["params"]
+  inputs, targets, speaker, emotion = random_batch(S2SConfig.from_dict(model_config), 2, 30, 11,
+                                                   seed=4)
+  lengths = lambda codes: np.full((codes.shape[0],), codes.shape[-1], np.int32)
+  batch = jax.tree.map(lambda x: jnp.asarray(x, jnp.int32), {
+      "question": inputs, "question_lengths": lengths(inputs), "answer": targets,
+      "answer_lengths": lengths(targets), "speaker": speaker, "emotion": emotion})
+  results = {}
+  for skip in (False, True):
+    config = s2s_configs.get_config("original")
+    with config.unlocked():
+      config.model.update({**model_config, "dropout": 0.1})
+      config.skip_unread_encoder = skip
+    start = {"params": params, "batch_stats": variables["batch_stats"],
+             "opt": trainer.make_optimizer(config, params).init(params),
+             "step": jnp.zeros((), jnp.int32)}
+    results[skip] = jax.jit(trainer.make_train_step(config, params))(start, batch)
+  (full, full_metrics), (skipped, skipped_metrics) = results[False], results[True]
+  for part in ("params", "opt"):
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-9),
+                 skipped[part], full[part])
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6),
+               skipped_metrics, full_metrics)
+  for name, stats in variables["batch_stats"].items():
+    assert name.startswith("encoder_layers"), name
+    jax.tree.map(np.testing.assert_array_equal, skipped["batch_stats"][name], stats)
+    assert not np.array_equal(full["batch_stats"][name]["conv"]["norm"]["mean"],
+                              stats["conv"]["norm"]["mean"]), name
+
+  fixed = s2s_configs.get_config("smoke")
+  with fixed.unlocked():
+    fixed.skip_unread_encoder = True
+  with pytest.raises(ValueError, match="skip_unread_encoder"):
+    trainer.make_train_step(fixed, params)

@@ -20,7 +20,8 @@ converted to both variants; for timing, the fixed variant's end-of-speech class 
   donated: forward, masked cross-entropy, backward, clipping, AdamW) at batch 4 x (200 input,
   200 target frames), dropout 0.1, for the original variant (`configs/s2s.py:original`) and the
   fixed one (`configs/s2s.py:pretrain`, delay pattern on), both from the converted weights,
-  beside the PyTorch reference's step (2 threads); with the FLOP/s of each JAX step (XLA's cost
+  and the original one with `skip_unread_encoder` (no encoder pass: the same parameters, only
+  the encoder's BatchNorm statistics not updated), beside the PyTorch reference's step (2 threads); with the FLOP/s of each JAX step (XLA's cost
   analysis of the compiled step) against a float32 matmul's.
 - Long context: a 60 s input (12,000 frames) encoded by the streaming encoder and a KV cache for
   12,000 frames: KV-cache bytes, frames/s, and that the decoding call compiles once.
@@ -186,13 +187,16 @@ def training_batch(rng: np.random.Generator, batch: int, frames: int) -> dict[st
           "emotion": rng.integers(0, 9, batch).astype(np.int32)}
 
 
-def jax_training(config_name: str, model_config: S2SConfig, variables, batch: dict):
-  """The trainer's step (`configs/s2s.py:config_name`) on the converted weights.
+def jax_training(config_name: str, model_config: S2SConfig, variables, batch: dict,
+                 **overrides):
+  """The trainer's step (`configs/s2s.py:config_name`, with `overrides` of its top-level fields)
+  on the converted weights.
 
   Returns `(step, flops)`: a function running one step on the held state (jitted with the state
   donated, compiled here) and the FLOPs of the compiled step (XLA's cost analysis).
   """
   config = s2s_configs.get_config(config_name)
+  config.update(overrides)
   wanted = trainer.model_config(config)
   if dataclasses.replace(model_config, delays=wanted.delays, dropout=wanted.dropout) != wanted:
     raise ValueError(f"configs/s2s.py:{config_name} does not match the converted weights")
@@ -245,6 +249,9 @@ def training(variants, torch_model, repeats: int) -> None:
   for variant, config_name in TRAIN_CONFIGS.items():
     name = f"JAX {variant}"
     steps[name], flops[name] = jax_training(config_name, *variants[variant], batch)
+  skipping = "JAX original, skip_unread_encoder"
+  steps[skipping], flops[skipping] = jax_training("original", *variants["original"], batch,
+                                                  skip_unread_encoder=True)
   if torch_model is not None:
     torch.set_num_threads(2)
     steps["PyTorch original, 2 threads"] = torch_training_step(torch_model, batch)
@@ -265,8 +272,9 @@ def training(variants, torch_model, repeats: int) -> None:
     print(line, flush=True)
   if torch_model is not None:
     torch_model.eval()
-    print(f"  JAX original throughput / PyTorch: "
-          f"{best['PyTorch original, 2 threads'] / best['JAX original']:.2f}x", flush=True)
+    for name in ("JAX original", skipping):
+      print(f"  {name} throughput / PyTorch: "
+            f"{best['PyTorch original, 2 threads'] / best[name]:.2f}x", flush=True)
   print(f"  JAX fixed step / JAX original step: {best['JAX fixed'] / best['JAX original']:.2f}x",
         flush=True)
 

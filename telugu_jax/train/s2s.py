@@ -179,13 +179,25 @@ def corrupt_codes(rng: jax.Array, codes: jax.Array, fraction: float, vocab_size:
                                                codes.dtype), codes)
 
 
+def _decoder_only(model: S2STransformer, input_codes: jax.Array, decoder_input: jax.Array,
+                  speaker: jax.Array, emotion: jax.Array, deterministic: bool = True,
+                  with_question_ctc: bool = False) -> jax.Array:
+  """`S2STransformer.__call__` of the original variant without its encoder, which the decoder
+  never reads (defect 2). Every module draws its dropout masks from its own path, so the
+  decoder's masks are those of the whole model."""
+  del input_codes, with_question_ctc
+  style = model.style(speaker, emotion, deterministic)
+  return model.decode(decoder_input, style, None, None, deterministic)
+
+
 def _forward(model: S2STransformer, variables: dict, batch: dict, compute_dtype: str,
              deterministic: bool, rng: jax.Array | None = None, input_noise: float = 0.0,
-             input_blank: float = 0.0):
+             input_blank: float = 0.0, skip_unread_encoder: bool = False):
   """Teacher-forced logits (with a question CTC head, `(logits, ctc_logits)`) and the batch's
   `TeacherForcing`; with `deterministic=False` also the updated BatchNorm statistics, and
   `input_noise` of the decoder's input codes and all of them in `input_blank` of the examples
-  replaced by random ones (`corrupt_codes`; the targets stay)."""
+  replaced by random ones (`corrupt_codes`; the targets stay). `skip_unread_encoder` (original
+  variant): the encoder is not run, and its BatchNorm statistics come back unchanged."""
   c = model.config
   forcing = teacher_forcing(c, batch["answer"], batch["answer_lengths"])
   if compute_dtype == "bfloat16":
@@ -202,7 +214,8 @@ def _forward(model: S2STransformer, variables: dict, batch: dict, compute_dtype:
     return model.apply(variables, *args, with_question_ctc=with_ctc), forcing, None
   logits, updates = model.apply(variables, *args, deterministic=False,
                                 with_question_ctc=with_ctc, rngs={"dropout": rng},
-                                mutable=["batch_stats"])
+                                mutable=["batch_stats"],
+                                method=_decoder_only if skip_unread_encoder else None)
   return logits, forcing, updates["batch_stats"]
 
 
@@ -269,6 +282,10 @@ def make_train_step(config: ml_collections.ConfigDict, params: Any
   level_weights = _level_weights(config)
   frozen_statistics = config.trainable.parts != "all"
   base_rng = jax.random.key(config.seed)
+  skip_unread_encoder = config.get("skip_unread_encoder", False)
+  if skip_unread_encoder and not c.is_original:
+    raise ValueError("skip_unread_encoder is for the original variant, whose decoder never "
+                     f"reads the encoder; config.model.variant is {c.variant!r}")
 
   def train_step(state: State, batch: dict) -> tuple[State, dict]:
     rng = jax.random.fold_in(base_rng, state["step"])
@@ -277,7 +294,8 @@ def make_train_step(config: ml_collections.ConfigDict, params: Any
       outputs, forcing, batch_stats = _forward(
           model, {"params": params, "batch_stats": state["batch_stats"]}, batch,
           config.compute_dtype, deterministic=False, rng=rng,
-          input_noise=config.decoder_input_noise, input_blank=config.decoder_input_blank)
+          input_noise=config.decoder_input_noise, input_blank=config.decoder_input_blank,
+          skip_unread_encoder=skip_unread_encoder)
       logits, ctc_loss, _ = question_ctc(c, outputs, batch)
       loss, sums = losses.masked_cross_entropy(
           logits, forcing.targets, forcing.weights, config.loss.label_smoothing, level_weights,
