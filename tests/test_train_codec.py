@@ -269,22 +269,20 @@ def test_jitted_train_step_negates_the_updated_decoder_output(monkeypatch):
     state = trainer.init_state(config, jax.random.key(0))
     after[correct] = jax.jit(trainer.make_train_step(config, adversarial=False))(state, audio)[0]
 
-  def split_final_conv(gen):
-    """(the decoder's final conv params and Adam first moments, everything else of `gen`)."""
+  def leaves(gen):
     moments = optim.get_moments(gen["opt"])
-    finals = (gen["params"]["decoder"]["final_conv"], moments.mu["decoder"]["final_conv"])
-    rest = ({k: v for k, v in gen["params"]["decoder"].items() if k != "final_conv"},
-            {k: v for k, v in gen["params"].items() if k != "decoder"}, gen["vq"], moments.nu,
-            {k: v for k, v in moments.mu["decoder"].items() if k != "final_conv"},
-            {k: v for k, v in moments.mu.items() if k != "decoder"})
-    return finals, rest
+    return jax.tree_util.tree_leaves_with_path(
+        {"params": gen["params"], "mu": moments.mu, "nu": moments.nu, "vq": gen["vq"]})
 
-  (plain_final, plain_rest), (flipped_final, flipped_rest) = (
-      split_final_conv(after[c]["gen"]) for c in (False, True))
-  for a, b in zip(jax.tree.leaves(flipped_final), jax.tree.leaves(plain_final), strict=True):
-    np.testing.assert_allclose(a, -b, rtol=1e-6, atol=1e-9)
-  for a, b in zip(jax.tree.leaves(flipped_rest), jax.tree.leaves(plain_rest), strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+  negated = 0
+  for (path, got), (_, plain) in zip(leaves(after[True]["gen"]), leaves(after[False]["gen"]),
+                                     strict=True):
+    where = jax.tree_util.keystr(path)
+    # Only the final conv's parameters and Adam first moments change sign.
+    sign = -1.0 if "final_conv" in where and not where.startswith("['nu']") else 1.0
+    negated += sign < 0
+    np.testing.assert_allclose(got, sign * plain, rtol=1e-6, atol=1e-9, err_msg=where)
+  assert negated == 4, negated  # kernel and bias, parameters and first moments
 
 
 def test_reseed_count_below_the_threshold_is_refused():

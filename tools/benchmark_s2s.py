@@ -21,8 +21,9 @@ converted to both variants; for timing, the fixed variant's end-of-speech class 
   200 target frames), dropout 0.1, for the original variant (`configs/s2s.py:original`) and the
   fixed one (`configs/s2s.py:pretrain`, delay pattern on), both from the converted weights,
   and the original one with `skip_unread_encoder` (no encoder pass: the same parameters, only
-  the encoder's BatchNorm statistics not updated), beside the PyTorch reference's step (2 threads); with the FLOP/s of each JAX step (XLA's cost
-  analysis of the compiled step) against a float32 matmul's.
+  the encoder's BatchNorm statistics not updated), beside the PyTorch reference's step (2
+  threads); with the FLOP/s of each JAX step (XLA's cost analysis of the compiled step) against
+  a float32 matmul's.
 - Long context: a 60 s input (12,000 frames) encoded by the streaming encoder and a KV cache for
   12,000 frames: KV-cache bytes, frames/s, and that the decoding call compiles once.
 
