@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from telugu_jax.models.layers import TORCH_NORM_EPS
+from telugu_jax.models.layers import TORCH_NORM_EPS, matmul
 
 VARIANTS = ("original", "fixed")
 # The original fills masked attention scores with -1e9 (not -inf); fully masked rows stay finite.
@@ -278,18 +278,19 @@ def teacher_forcing(config: S2SConfig, codes: jax.Array,
 
 def _dense_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
                        preferred_element_type=None) -> jax.Array:
-  """`lax.dot_general` for `nn.Dense`; on CPU a single row `lhs [..., K]` times `rhs [K, N]` is
-  computed as `MATVEC_SPLITS` products of K/`MATVEC_SPLITS` slices, then summed (only the order
-  of the float additions differs)."""
+  """`lax.dot_general` for `nn.Dense` (`lhs [..., K]` times `rhs [K, N]`), through
+  `layers.matmul` (its weight gradient at XLA:CPU's matmul rate). On CPU a single row is computed
+  as `MATVEC_SPLITS` products of K/`MATVEC_SPLITS` slices, then summed (only the order of the
+  float additions differs)."""
   k = lhs.shape[-1]
-  if (lhs.size != k or k % MATVEC_SPLITS or rhs.ndim != 2
-      or dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ()))
-      or jax.default_backend() != "cpu"):
+  if (dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ())) or rhs.ndim != 2
+      or precision is not None or preferred_element_type is not None):
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type)
+  if lhs.size != k or k % MATVEC_SPLITS or jax.default_backend() != "cpu":
+    return matmul(lhs, rhs)
   g = MATVEC_SPLITS
-  parts = jnp.einsum("gk,gkn->gn", lhs.reshape(g, k // g), rhs.reshape(g, k // g, -1),
-                     precision=precision, preferred_element_type=preferred_element_type)
+  parts = jnp.einsum("gk,gkn->gn", lhs.reshape(g, k // g), rhs.reshape(g, k // g, -1))
   return jnp.sum(parts, axis=0).reshape(*lhs.shape[:-1], -1)
 
 
