@@ -37,7 +37,8 @@ _conv_impl = "auto"
 
 @contextlib.contextmanager
 def conv_impl(name: str):
-  """Selects how convolutions are computed while tracing inside the `with` block.
+  """Selects how convolutions (and `matmul`'s weight gradient) are computed while tracing inside
+  the `with` block.
 
   `"auto"` (the default): on the CPU backend the rewritten forms where they are faster (see the
   module docstring), XLA's convolutions elsewhere. `"xla"`: always XLA's convolutions.
