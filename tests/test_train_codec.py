@@ -16,7 +16,7 @@ import threading
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, TEST_XLA_FLAGS
 
 from configs import codec as codec_configs
 from telugu_jax import checkpoints, inference, optim
@@ -150,7 +150,8 @@ def test_one_device_and_two_hosts_of_four_devices_train_alike(tmp_path):
   steps = {"total_steps": 3, "checkpoint_every": 3, "eval_every": 3, "data.batch_size": 8}
   # All at once: compilation is mostly single-threaded, so the runs share the cores.
   port = 20000 + os.getpid() % 20000
-  hosts = [launch(tmp_path / "hosts", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+  devices = f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=4"
+  hosts = [launch(tmp_path / "hosts", env={"XLA_FLAGS": devices},
                   extra=["--distributed", f"--coordinator_address=127.0.0.1:{port}",
                          "--num_processes=2", f"--process_id={process_id}"], **steps)
            for process_id in range(2)]
@@ -281,7 +282,8 @@ def test_jitted_train_step_negates_the_updated_decoder_output(monkeypatch):
     # Only the final conv's parameters and Adam first moments change sign.
     sign = -1.0 if "final_conv" in where and not where.startswith("['nu']") else 1.0
     negated += sign < 0
-    np.testing.assert_allclose(got, sign * plain, rtol=1e-6, atol=1e-9, err_msg=where)
+    # The two programs differ, and so does their rounding (up to 7e-6 relative in the moments).
+    np.testing.assert_allclose(got, sign * plain, rtol=3e-5, atol=1e-9, err_msg=where)
   assert negated == 4, negated  # kernel and bias, parameters and first moments
 
 
