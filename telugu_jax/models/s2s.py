@@ -354,9 +354,9 @@ class Dropout(nn.Module):
     if self.rate == 1.0:
       return jnp.zeros_like(x)
     keep = 1.0 - self.rate
-    # The barrier makes XLA store the mask once (a byte per element) rather than recompute the
-    # hash in each fusion that reads it, in the backward pass included.
-    mask = jax.lax.optimization_barrier(keep_mask(self.make_rng("dropout"), keep, x.shape))
+    # XLA:CPU recomputes the hash in each fusion that reads the mask (in the training step: the
+    # forward pass, the backward pass and, for the FFN, the weight gradient's transposed copy).
+    mask = keep_mask(self.make_rng("dropout"), keep, x.shape)
     return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
 
 
