@@ -112,25 +112,27 @@ def test_every_convolution_form_equals_xla_convolution(make, shape):
 
 
 def test_matmul_gradient_form_equals_dot_general():
-  """`layers.matmul`'s CPU backward (the weight gradient as a plain dot of a transposed copy)
-  gives the values and gradients of `lax.dot_general`."""
+  """`layers.matmul`'s CPU backward (the weight gradient as a plain dot of a transposed copy:
+  of `x` where K <= N, of the output gradient where K > N) gives the values and gradients of
+  `lax.dot_general`."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((3, 5, 7)), jnp.float32)
-  w = jnp.asarray(rng.standard_normal((7, 4)), jnp.float32)
+  for n in (4, 9):  # K = 7 > N = 4: g^T is copied; K = 7 < N = 9: x^T is
+    w = jnp.asarray(rng.standard_normal((7, n)), jnp.float32)
 
-  def loss(x, w):
-    return jnp.sum(jnp.tanh(layers.matmul(x, w)) * jnp.arange(4.0))
+    def loss(x, w):
+      return jnp.sum(jnp.tanh(layers.matmul(x, w)) * jnp.arange(float(n)))
 
-  results = {}
-  for impl in ("xla", "rewrite"):
-    with layers.conv_impl(impl):
-      results[impl] = (jax.jit(layers.matmul)(x, w), jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w))
-      text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).as_text()
-      assert ("optimization_barrier" in text) == (impl == "rewrite")
-  assert relative_error(results["rewrite"][0], jnp.einsum("btk,kn->btn", x, w)) < 1e-6
-  for got, expected in zip(jax.tree.leaves(results["rewrite"]), jax.tree.leaves(results["xla"])):
-    assert got.shape == expected.shape
-    assert relative_error(got, expected) < 1e-6
+    results = {}
+    for impl in ("xla", "rewrite"):
+      with layers.conv_impl(impl):
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        results[impl] = (jax.jit(layers.matmul)(x, w), grad(x, w))
+        assert ("optimization_barrier" in grad.lower(x, w).as_text()) == (impl == "rewrite")
+    assert relative_error(results["rewrite"][0], jnp.einsum("btk,kn->btn", x, w)) < 1e-6
+    for got, expected in zip(jax.tree.leaves(results["rewrite"]), jax.tree.leaves(results["xla"])):
+      assert got.shape == expected.shape
+      assert relative_error(got, expected) < 1e-6, n
 
 
 def test_sin_cos_is_correctly_rounded_and_snake_gradient_matches_the_formula():
