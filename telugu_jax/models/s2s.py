@@ -354,8 +354,8 @@ class Dropout(nn.Module):
     if self.rate == 1.0:
       return jnp.zeros_like(x)
     keep = 1.0 - self.rate
-    # XLA:CPU recomputes the hash in each fusion that reads the mask (in the training step: the
-    # forward pass, the backward pass and, for the FFN, the weight gradient's transposed copy).
+    # XLA:CPU recomputes the hash in each fusion that reads the mask (in the training step two
+    # to four: forward, backward, and the transposed copies made for weight gradients).
     mask = keep_mask(self.make_rng("dropout"), keep, x.shape)
     return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
 
