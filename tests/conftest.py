@@ -12,8 +12,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 # Compiling is most of the suite's time, running the tiny programs little: LLVM at -O0 on XLA's
 # elemental emitters compiles the codec's training step 3x faster (same HLO; the programs the
 # tests compare against references or against each other are built alike). Flags already in
-# XLA_FLAGS come after these and win; launched processes inherit them (TEST_XLA_FLAGS adds to
-# a child's own).
+# XLA_FLAGS come after these and win; launched processes inherit them (tests that set a child's
+# own flags add them to this XLA_FLAGS).
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 os.environ["XLA_FLAGS"] = f"{TEST_XLA_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()
 sys.path.insert(0, os.path.dirname(__file__))

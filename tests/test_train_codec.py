@@ -16,7 +16,7 @@ import threading
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, TEST_XLA_FLAGS
+from conftest import ROOT
 
 from configs import codec as codec_configs
 from telugu_jax import checkpoints, inference, optim
@@ -150,7 +150,7 @@ def test_one_device_and_two_hosts_of_four_devices_train_alike(tmp_path):
   steps = {"total_steps": 3, "checkpoint_every": 3, "eval_every": 3, "data.batch_size": 8}
   # All at once: compilation is mostly single-threaded, so the runs share the cores.
   port = 20000 + os.getpid() % 20000
-  devices = f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=4"
+  devices = f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=4"
   hosts = [launch(tmp_path / "hosts", env={"XLA_FLAGS": devices},
                   extra=["--distributed", f"--coordinator_address=127.0.0.1:{port}",
                          "--num_processes=2", f"--process_id={process_id}"], **steps)

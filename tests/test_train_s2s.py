@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TEST_XLA_FLAGS, with_overrides
+from conftest import ROOT, with_overrides
 
 from configs import codec as codec_configs
 from configs import s2s as s2s_configs
@@ -277,8 +277,8 @@ def test_one_device_and_two_hosts_of_four_devices_train_alike(tmp_path):
     return subprocess.Popen(
         [sys.executable, "-m", "telugu_jax.main", "--config=configs/s2s.py:smoke",
          f"--workdir={tmp_path / name}", *flags, *extra], cwd=ROOT,
-        env={**os.environ,
-             "XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"},
+        env={**os.environ, "XLA_FLAGS":
+             f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}"},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
   port = 20000 + (os.getpid() + 7) % 20000
