@@ -3,6 +3,7 @@ positions, cached decoding, the delay pattern and teacher forcing; plus configs/
 
 import dataclasses
 import functools
+import unittest.mock
 
 import jax
 import jax.numpy as jnp
@@ -271,28 +272,77 @@ def test_single_row_dense_splits_the_contraction():
   assert f"{MATVEC_SPLITS}x32xf32" in hlo  # the kernel viewed as [splits, K/splits, N]
 
 
-def test_dropout_draws_the_masks_of_flax_dropout():
-  """`keep_mask` (the threefry hash written out) equals `jax.random.bernoulli` bit for bit, and
-  the `Dropout` module equals `nn.Dropout` inside a model, new-style and raw keys alike."""
+def _numpy_keep_mask(key_words, keep_prob, shape):
+  """The hash `keep_mask` documents, written with NumPy's wrapping uint32 arithmetic."""
+  h = np.arange(np.prod(shape), dtype=np.uint32)
+  for word in np.asarray(key_words, np.uint32):
+    h ^= word
+    for shift, multiplier in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+      h = (h ^ (h >> np.uint32(shift))) * np.uint32(multiplier)
+    h ^= h >> np.uint32(16)
+  return (h < np.uint32(round(keep_prob * 2**32))).reshape(shape)
+
+
+def test_keep_mask_is_the_documented_hash_and_draws_independent_bernoulli_masks():
+  """`keep_mask` equals the hash written with NumPy (new-style and raw keys), keeps each element
+  with probability `keep_prob`, and its masks look independent between neighbouring elements
+  and between keys (agreement rates as for independent draws, within 5 standard errors)."""
   for key in (jax.random.key(3), jax.random.PRNGKey(4)):
+    words = np.asarray(jax.random.key_data(key) if key.dtype != np.uint32 else key)
     for shape in [(7,), (2, 3, 5), (4, 8, 20, 20)]:
       np.testing.assert_array_equal(jax.jit(keep_mask, static_argnums=(1, 2))(key, 0.9, shape),
-                                    jax.random.bernoulli(key, 0.9, shape))
+                                    _numpy_keep_mask(words, 0.9, shape))
+
+  n = 1 << 20
+  for p in (0.9, 0.3):
+    within = lambda rate, expected: abs(rate - expected) < 5 * np.sqrt(expected * (1 - expected) / n)
+    agree = p * p + (1 - p) * (1 - p)
+    base = jax.random.key(11)
+    a = np.asarray(keep_mask(base, p, (n,)))
+    b = np.asarray(keep_mask(jax.random.fold_in(base, 1), p, (n,)))
+    c = np.asarray(keep_mask(jax.random.fold_in(base, 2), p, (n,)))
+    assert within(a.mean(), p) and within(b.mean(), p)
+    assert within(np.mean(a[1:] == a[:-1]), agree)  # neighbours
+    assert within(np.mean(a[512:] == a[:-512]), agree)  # the same channel, next frame
+    assert within(np.mean(a == b), agree) and within(np.mean(b == c), agree)  # sibling keys
+
+
+def test_dropout_module_drops_at_its_rate_with_a_mask_per_module():
+  """`Dropout` keeps `x / keep` where `keep_mask` of its `make_rng("dropout")` keeps, zero
+  elsewhere, as `nn.Dropout` does with its mask; two modules draw different masks; the
+  deterministic call returns its input."""
 
   class Block(nn.Module):
-    dropout: type
-
     @nn.compact
     def __call__(self, x):
-      x = self.dropout(0.3)(nn.Dense(16)(x), deterministic=False)
-      return self.dropout(0.1)(x, deterministic=False)
+      return Dropout(0.3)(x, deterministic=False), Dropout(0.3)(x, deterministic=False)
 
-  x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 5, 16)), jnp.float32)
-  variables = Block(nn.Dropout).init(jax.random.key(0), x)
+  x = jnp.asarray(np.random.default_rng(0).uniform(1, 2, size=(8, 64, 128)), jnp.float32)
   for key in (jax.random.key(1), jax.random.PRNGKey(2)):
-    expected = Block(nn.Dropout).apply(variables, x, rngs={"dropout": key})
-    got = Block(Dropout).apply(variables, x, rngs={"dropout": key})
-    np.testing.assert_array_equal(got, expected)
+    first, second = Block().apply({}, x, rngs={"dropout": key})
+    for y in (first, second):
+      kept = np.asarray(y) != 0
+      np.testing.assert_allclose(np.asarray(y)[kept], np.asarray(x)[kept] / 0.7, rtol=1e-6)
+      assert abs(kept.mean() - 0.7) < 0.01
+    agreement = np.mean((np.asarray(first) != 0) == (np.asarray(second) != 0))
+    assert abs(agreement - (0.7**2 + 0.3**2)) < 0.01
+
+  class FlaxBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dropout(0.3)(x, deterministic=False)
+
+  class OurBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return Dropout(0.3)(x, deterministic=False)
+
+  # nn.Dropout with keep_mask in place of jax.random.bernoulli: the same stream, scaling, zeros.
+  key = jax.random.key(5)
+  with unittest.mock.patch.object(jax.random, "bernoulli",
+                                  lambda rng, p, shape: keep_mask(rng, p, tuple(shape))):
+    expected = FlaxBlock().apply({}, x, rngs={"dropout": key})
+  np.testing.assert_array_equal(OurBlock().apply({}, x, rngs={"dropout": key}), expected)
   assert Dropout(0.5).apply({}, x, deterministic=True) is x
 
 
