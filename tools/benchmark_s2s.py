@@ -49,6 +49,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from benchmark_codec import matmul_ceiling_gflops  # noqa: E402
 from configs import s2s as s2s_configs  # noqa: E402
 from telugu_jax.convert.s2s import convert_s2s_state_dict  # noqa: E402
 from telugu_jax.inference import generation  # noqa: E402
@@ -172,13 +173,6 @@ def torch_generation(model, inputs: np.ndarray, frames: int, repeats: int) -> No
           f"{frames / seconds:6.1f} frames/s", flush=True)
 
 
-def matmul_ceiling(repeats: int, n: int = 2048) -> float:
-  """FLOP/s of a jitted float32 `[n, n] x [n, n]` matmul: what XLA's dot reaches on this CPU."""
-  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
-  matmul = jax.jit(jnp.matmul)
-  return 2 * n**3 / best_time(lambda: matmul(a, a).block_until_ready(), repeats)
-
-
 def training_batch(rng: np.random.Generator, batch: int, frames: int) -> dict[str, np.ndarray]:
   """A trainer batch of random codes: `batch` pairs of `frames` question and answer frames."""
   codes = lambda: rng.integers(0, 1024, (batch, 8, frames)).astype(np.int32)
@@ -242,7 +236,7 @@ def training(variants, torch_model, repeats: int) -> None:
   import torch
 
   batch = training_batch(np.random.default_rng(1), TRAIN_BATCH, TRAIN_FRAMES)
-  ceiling = matmul_ceiling(repeats)
+  ceiling = matmul_ceiling_gflops() * 1e9
   print(f"training step (the trainer's jitted `train_step`, state donated), batch {TRAIN_BATCH} x "
         f"({TRAIN_FRAMES} input, {TRAIN_FRAMES} target frames), dropout 0.1; float32 matmul "
         f"ceiling (jitted 2048 x 2048 x 2048): {ceiling / 1e9:.0f} GFLOP/s", flush=True)
