@@ -387,16 +387,28 @@ class BatchNorm1d(nn.Module):
 
 
 def _shifted_products(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """`sum_i x[:, i:i + t] * kernel[i]` over the K rows of `kernel [K, C]`, `t = T - K + 1`."""
+  """`sum_i x[:, i:i + t] * kernel[i]` over the K rows of `kernel [K, C]`, `t = T - K + 1`, in a
+  loop over the taps that adds one shifted product to the stored sum per pass.
+
+  Written as one expression, XLA:CPU fuses the K products into a loop that runs 2-3x slower
+  than these K passes (`[4, 200, 1024]`, K = 31: 5.7 against 1.6 ms), and copies that loop into
+  every consumer: BatchNorm's statistics, the normalisation, SiLU and their gradients, eight
+  fusions per conformer layer in the training step.
+  """
   t = x.shape[1] - kernel.shape[0] + 1
-  return sum(x[:, i:i + t] * kernel[i] for i in range(kernel.shape[0]))
+
+  def tap(i, total):
+    return total + jax.lax.dynamic_slice_in_dim(x, i, t, axis=1) * kernel[i]
+
+  return jax.lax.fori_loop(0, kernel.shape[0], tap,
+                           jnp.zeros((x.shape[0], t) + x.shape[2:], jnp.result_type(x, kernel)))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def depthwise_conv1d(x: jax.Array, kernel: jax.Array, bias: jax.Array,
                      padding: tuple[int, int]) -> jax.Array:
   """Depthwise convolution of `x [B, T, C]` with `kernel [K, C]` and `bias [C]` after
-  `(left, right)` zero padding, as a sum of K shifted products: XLA fuses it into one loop (its
+  `(left, right)` zero padding, as a sum of K shifted products (`_shifted_products`; XLA's
   grouped convolution with one channel per group is far slower on CPU, forward and backward).
 
   The gradient is written out: differentiated automatically, XLA stores the K shifted copies of
