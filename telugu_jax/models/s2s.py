@@ -396,6 +396,7 @@ def _shifted_products(x: jax.Array, kernel: jax.Array) -> jax.Array:
   fusions per conformer layer in the training step.
   """
   t = x.shape[1] - kernel.shape[0] + 1
+  kernel = jnp.asarray(kernel)  # (NumPy weights cannot be indexed by the loop's counter)
 
   def tap(i, total):
     return total + jax.lax.dynamic_slice_in_dim(x, i, t, axis=1) * kernel[i]
