@@ -328,8 +328,7 @@ def keep_mask(rng: jax.Array, keep_prob: float, shape: tuple[int, ...]) -> jax.A
   if size > 2**32:
     raise ValueError(f"keep_mask counts elements in 32 bits; shape {shape} has {size}")
   h = jax.lax.iota(np.uint32, size).reshape(shape)
-  key = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
-  for word in key.reshape(-1):
+  for word in jax.random.key_data(rng).reshape(-1):
     h = _mix32(h ^ word)
   return h < np.uint32(min(round(keep_prob * 2**32), 2**32 - 1))
 
