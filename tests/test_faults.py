@@ -111,6 +111,26 @@ def test_metrics_history_drops_rows_after_the_restored_step(tmp_path):
   assert rows[-1]["train/loss"] is None
 
 
+def test_metrics_log_starts_without_importing_torch(tmp_path):
+  """tensorboardX imports torch when it is installed (seconds of every trainer's start-up): the
+  log's writer comes without it, logs, and leaves torch importable."""
+  pytest.importorskip("torch")
+  script = f"""
+import glob, sys
+from telugu_jax.train import loop
+log = loop.MetricsLog({str(tmp_path)!r}, start_step=0)
+log.scalars(1, {{"loss": 0.5}}, prefix="train/")
+log.close()
+assert "torch" not in sys.modules, "torch was imported"
+assert [f for f in glob.glob({str(tmp_path / "tensorboard" / "events.*")!r})], "no event file"
+import torch
+torch.zeros(1)
+"""
+  result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+
+
 def test_non_finite_loss_before_any_checkpoint_says_so(tmp_path):
   config = ml_collections.ConfigDict(dict(log_every=1, eval_every=0, checkpoint_every=100))
   manager = checkpoints.TrainingCheckpoints(str(tmp_path / "checkpoints"), keep=2)
