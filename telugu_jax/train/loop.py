@@ -170,7 +170,7 @@ def _summary_writer_class():
   """tensorboardX's `SummaryWriter`, imported without PyTorch.
 
   tensorboardX's writer module imports torch whenever it is installed (only to name a type in its
-  annotations), which costs every training process 3-4 s of start-up on the 2-core CPU; a
+  annotations), which costs every training process about 3 s of start-up on the 2-core CPU; a
   `None` entry in `sys.modules` makes that import fail, and tensorboardX falls back to NumPy
   arrays, which are all we log. Imported here, on the main process only, when it first logs.
   """
