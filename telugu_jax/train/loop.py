@@ -150,7 +150,7 @@ class MetricsLog:
         logging.warning("Dropped %d rows of %s logged after step %d (not in the checkpoint)",
                         len(rows) - len(kept), self.path, start_step)
     self.writer = _summary_writer_class()(os.path.join(workdir, "tensorboard"),
-                                purge_step=start_step if start_step > 0 else None)
+                                          purge_step=start_step if start_step > 0 else None)
 
   def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:
     if not self.enabled:
@@ -172,7 +172,7 @@ def _summary_writer_class():
   tensorboardX's writer module imports torch whenever it is installed (only to name a type in its
   annotations), which costs every training process about 3 s of start-up on the 2-core CPU; a
   `None` entry in `sys.modules` makes that import fail, and tensorboardX falls back to NumPy
-  arrays, which are all we log. Imported here, on the main process only, when it first logs.
+  arrays, which are all we log. Called by `MetricsLog` on the main process only.
   """
   block = "torch" not in sys.modules
   if block:
