@@ -1,7 +1,8 @@
 """Evaluates a codec on held-out speech with the standard quality metrics, offline.
 
     python tools/evaluate_codec.py --checkpoint=DIR --clips=../shared/data/common-voice-te-dev \\
-        --output=report/ [--levels=K] [--max_clips=N] [--metrics=pesq,stoi,visqol,dnsmos]
+        --output=report/ [--levels=K] [--max_clips=N] [--metrics=pesq,stoi,visqol,dnsmos] \\
+        [--postfilter]
 
 `--checkpoint` is a converted checkpoint or a training workdir. `--clips` is a folder (searched
 recursively for audio files of any supported format and for audio ArrayRecord shards), a
@@ -9,7 +10,8 @@ single file, or a glob of files (`'/data/shards/te/validation-*.arrayrecord'`). 
 folded to mono, resampled to 16 kHz and level-normalised as in training (`normalize_rms`), then
 encoded, decoded (with only the first K quantizer levels under `--levels=K`: a lower bitrate)
 and scored against the normalised input with `telugu_jax.evaluation.quality` (PESQ wide-band,
-STOI, ESTOI, ViSQOL speech, DNSMOS, SI-SDR, SNR, multi-scale mel distance).
+STOI, ESTOI, ViSQOL speech, DNSMOS, SI-SDR, SNR, multi-scale mel distance). `--postfilter`
+scores the decoded audio after `inference.postfilter.formant_postfilter`.
 
 Writes to `--output`:
 
@@ -226,7 +228,8 @@ def _write_report(path: str, summary: dict, columns: list[str]) -> None:
       f"({summary['audio_seconds']:.1f} s of audio), {len(summary['skipped'])} skipped",
       f"- codec: {codec['num_quantizers']} levels × {codec['codebook_size']} codes at "
       f"{codec['frame_rate']:g} frames/s; decoded with **{summary['levels']} levels = "
-      f"{summary['bitrate_bps'] / 1000:.2f} kbps**",
+      f"{summary['bitrate_bps'] / 1000:.2f} kbps**"
+      + (", then the formant post-filter" if summary["postfilter"] else ""),
       f"- input level-normalised as in training (RMS {summary['target_rms']}); "
       f"{summary['elapsed_seconds']:.0f} s wall time", "",
       "| metric | mean ± std | median | min | max | clips |",
@@ -296,12 +299,15 @@ def main(argv: list[str] | None = None) -> int:
                       help="optional metric groups (SI-SDR, SNR, mel distance are always on)")
   parser.add_argument("--num_samples", type=int, default=3,
                       help="clips with listening samples and spectrograms")
+  parser.add_argument("--postfilter", action="store_true",
+                      help="sharpen the decoded formants (inference.postfilter) before scoring")
   args = parser.parse_args(argv)
 
   from telugu_jax.data import audio
   from telugu_jax.evaluation import metrics as eval_metrics
   from telugu_jax.evaluation import quality
   from telugu_jax.inference import load_codec
+  from telugu_jax.inference.postfilter import formant_postfilter
 
   groups = [g for g in args.metrics.split(",") if g]
   try:
@@ -341,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                         for level in codes[0]])
     recon = codec.decode(codes, levels=levels)[0, : wave.size]
     recon = np.pad(recon, (0, wave.size - recon.size))
+    if args.postfilter:
+      recon = formant_postfilter(recon)
     rows.append({"clip": name, "seconds": wave.size / codec.sample_rate,
                  **quality.clip_quality(wave, recon, codec.sample_rate, groups)})
     if len(samples) < args.num_samples:
@@ -356,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
       "audio_seconds": float(sum(row["seconds"] for row in rows)),
       "target_rms": audio.TARGET_RMS,
       "levels": levels,
+      "postfilter": args.postfilter,
       "bitrate_bps": bitrate(codec, levels),
       "codec": {**codec.codec_kwargs, "num_quantizers": codec.num_quantizers,
                 "codebook_size": codec.codebook_size, "frame_rate": frame_rate(codec),
