@@ -2,7 +2,7 @@
 
     python -m telugu_jax.respond --codec=CODEC --s2s=S2S question.mp3 answer.wav \\
         [--speaker=female_young --emotion=happy --temperature=0.8 --top_p=0.95 --top_k=0 \\
-         --seed=0 --max_seconds=10 | --beam_size=8]
+         --seed=0 --max_seconds=10 | --beam_size=8] [--postfilter]
     python -m telugu_jax.respond --codec=CODEC --s2s=S2S questions/ answers/
 
 `--codec` and `--s2s` are converted checkpoints or training workdirs; the S2S model must have been
@@ -107,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--beam_size", type=int, default=0,
                       help="> 0: the most likely answer by beam search (sampling unused)")
   parser.add_argument("--max_seconds", type=float, default=10.0, help="longest answer")
+  parser.add_argument("--postfilter", action="store_true",
+                      help="sharpen the answer's formants (inference.postfilter; README)")
   return parser
 
 
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
       wave, timings = responder.respond(
           samples, speaker, emotion, sample_rate=rate, max_seconds=args.max_seconds,
           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-          beam_size=args.beam_size)
+          beam_size=args.beam_size, postfilter=args.postfilter)
       write_wav(answer, wave, audio.SAMPLE_RATE)
     except (ValueError, OSError) as e:  # AudioDecodeError and QuestionError are ValueErrors.
       message = str(e) if str(e).startswith(question) else f"{question}: {e}"
