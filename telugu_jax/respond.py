@@ -107,8 +107,9 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--beam_size", type=int, default=0,
                       help="> 0: the most likely answer by beam search (sampling unused)")
   parser.add_argument("--max_seconds", type=float, default=10.0, help="longest answer")
-  parser.add_argument("--postfilter", action="store_true",
-                      help="sharpen the answer's formants (inference.postfilter; README)")
+  parser.add_argument("--postfilter", default="",
+                      help="post-filter the answer: pitch, formant or pitch,formant (README: "
+                      "\"Post-filters at decode\")")
   return parser
 
 
@@ -121,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.error("need --temperature >= 0, --top_k >= 0 and 0 < --top_p <= 1")
   if args.beam_size < 0:
     parser.error(f"--beam_size must be 0 (sampling) or positive, got {args.beam_size}")
+  from telugu_jax.inference.postfilter import parse_names
+  if args.postfilter:
+    try:
+      parse_names(args.postfilter)
+    except ValueError as e:
+      parser.error(f"--postfilter: {e}")
 
   from telugu_jax.data import audio
   from telugu_jax.inference import Responder, load_codec, load_s2s

@@ -18,7 +18,7 @@ from telugu_jax.data import audio, records
 from telugu_jax.data.sample_corpus import CORPUS_DIR
 from telugu_jax.evaluation import quality
 from telugu_jax.inference import codec as inference_codec
-from telugu_jax.inference.postfilter import formant_postfilter
+from telugu_jax.inference.postfilter import formant_postfilter, pitch_postfilter
 from telugu_jax.models.codec import Codec
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -189,12 +189,17 @@ def test_cli_scores_the_post_filtered_decode_when_asked(smoke_checkpoint, tmp_pa
   output = tmp_path / "report"
   assert _tool("evaluate_codec").main([
       f"--checkpoint={path}", f"--clips={tmp_path / 'a.wav'}", f"--output={output}",
-      "--metrics=", "--num_samples=0", "--postfilter"]) == 0
+      "--metrics=", "--num_samples=0", "--postfilter=formant,pitch"]) == 0
   summary = json.loads((output / "summary.json").read_text(encoding="utf-8"))
-  assert summary["postfilter"] is True
-  assert "then the formant post-filter" in (output / "report.md").read_text(encoding="utf-8")
+  assert summary["postfilter"] == ["pitch", "formant"]
+  assert "then the post-filters: pitch, formant" in (output / "report.md").read_text(
+      encoding="utf-8")
   recon = inference_codec.load_codec(path).reconstruct(audio.normalize_rms(wave))[0]
-  expected = quality.clip_quality(audio.normalize_rms(wave), formant_postfilter(recon), 16000, [])
+  expected = quality.clip_quality(audio.normalize_rms(wave),
+                                  formant_postfilter(pitch_postfilter(recon)), 16000, [])
   unfiltered = quality.clip_quality(audio.normalize_rms(wave), recon, 16000, [])
   assert summary["metrics"]["snr"]["mean"] == pytest.approx(expected["snr"], abs=1e-3)
   assert abs(expected["snr"] - unfiltered["snr"]) > 1e-3
+  with pytest.raises(SystemExit):  # argparse's error: "post-filters are pitch, formant ..."
+    _tool("evaluate_codec").main([f"--checkpoint={path}", f"--clips={tmp_path / 'a.wav'}",
+                                  f"--output={output}", "--postfilter=tilt"])

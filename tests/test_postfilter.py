@@ -1,11 +1,13 @@
-"""The formant post-filter (`inference/postfilter.py`) against the response of the classic one."""
+"""The post-filters of `inference/postfilter.py`: the formant one against the response of the
+classic `A(z/g1) / A(z/g2)`, the pitch one against a comb filter's effect on harmonics and noise."""
 
 import librosa
 import numpy as np
 import pytest
 import scipy.signal
 
-from telugu_jax.inference.postfilter import formant_postfilter
+from telugu_jax.inference.postfilter import (StreamPostfilter, formant_postfilter, parse_names,
+                                             pitch_postfilter, postfilter)
 
 RATE = 16000
 FORMANTS = ((700, 400), (1800, 500), (2900, 600))  # (Hz, bandwidth Hz): a blurred vowel
@@ -64,3 +66,84 @@ def test_rejects_coefficients_that_are_not_a_post_filter():
     formant_postfilter(np.zeros(1000), 0.9, 0.6)
   with pytest.raises(ValueError, match="quefrencies"):
     formant_postfilter(np.zeros(1000), quefrencies=2)
+
+
+def _harmonic_tone(period: int, seconds: float, rng) -> np.ndarray:
+  """Harmonics 2 ... 19 of `RATE / period` Hz at random phases (no fundamental), 0.1 RMS."""
+  n = np.arange(int(seconds * RATE))
+  tone = sum(np.cos(2 * np.pi * k * n / period + rng.uniform(0, 2 * np.pi)) / k
+             for k in range(2, 20))
+  return 0.1 * tone / tone.std()
+
+
+@pytest.mark.parametrize("period,strength", [(123, 1.0), (57, 0.5)])  # 130 Hz, 281 Hz
+def test_pitch_postfilter_keeps_the_harmonics_and_lowers_the_noise_between_them(period, strength):
+  """At 10 dB SNR a frame's normalised autocorrelation at the period is 10/11, so the comb's gain
+  is `g = strength * 10/11` and white noise keeps `(1 + g**2/2) / (1 + g)**2` of its power
+  (-4.1 / -2.8 dB), while the harmonics pass unchanged: the output minus the clean tone is the
+  filtered noise."""
+  rng = np.random.default_rng(period)
+  tone = _harmonic_tone(period, 2.0, rng)
+  np.testing.assert_allclose(pitch_postfilter(tone.astype(np.float32), strength), tone, atol=1e-6)
+  noise = rng.standard_normal(tone.size) * 0.1 / np.sqrt(10)
+  filtered = pitch_postfilter((tone + noise).astype(np.float32), strength)
+  gain = strength * 10 / 11
+  expected_db = 10 * np.log10((1 + gain ** 2 / 2) / (1 + gain) ** 2)
+  measured_db = 10 * np.log10(np.mean((filtered - tone) ** 2) / np.mean(noise ** 2))
+  assert measured_db == pytest.approx(expected_db, abs=0.15)
+
+
+def test_pitch_postfilter_leaves_noise_silence_and_rows_alone():
+  rng = np.random.default_rng(2)
+  noise = (rng.standard_normal(RATE) * 0.1).astype(np.float32)
+  np.testing.assert_array_equal(pitch_postfilter(noise), noise)  # never voiced
+  np.testing.assert_array_equal(pitch_postfilter(np.zeros(RATE, np.float32)), 0.0)
+  tone = (_harmonic_tone(123, 1.0, rng) + 0.03 * rng.standard_normal(RATE)).astype(np.float32)
+  np.testing.assert_array_equal(pitch_postfilter(tone, strength=0.0), tone)
+  batch = pitch_postfilter(np.stack([tone, noise]))
+  assert batch.shape == (2, RATE) and batch.dtype == np.float32
+  np.testing.assert_allclose(batch[0], pitch_postfilter(tone), atol=1e-7)
+  assert not np.allclose(batch[0], tone, atol=1e-3)
+  with pytest.raises(ValueError, match="strength"):
+    pitch_postfilter(tone, strength=1.5)
+  with pytest.raises(ValueError, match="voicing"):
+    pitch_postfilter(tone, voicing=1.0)
+  with pytest.raises(ValueError, match="min_hz"):
+    pitch_postfilter(tone, min_hz=500.0)
+
+
+def test_postfilter_names_and_order():
+  rng = np.random.default_rng(3)
+  voiced = (_harmonic_tone(140, 1.0, rng) + 0.03 * rng.standard_normal(RATE)).astype(np.float32)
+  assert parse_names("formant, pitch") == ("pitch", "formant") == parse_names(["pitch", "formant"])
+  np.testing.assert_array_equal(postfilter(voiced, "formant,pitch"),
+                                formant_postfilter(pitch_postfilter(voiced)))
+  np.testing.assert_array_equal(postfilter(voiced, "pitch"), pitch_postfilter(voiced))
+  for bad in ("", "formant,tilt"):
+    with pytest.raises(ValueError, match="post-filters are pitch, formant"):
+      parse_names(bad)
+
+
+@pytest.mark.parametrize("names", ["formant", "pitch", "pitch,formant"])
+def test_stream_postfilter_in_any_chunks_equals_the_whole_utterance(names):
+  """A voiced sound whose pitch and loudness drift, pushed in random chunks (empty ones too),
+  twice (flush starts a new utterance), against `postfilter` of each whole utterance."""
+  rng = np.random.default_rng(4)
+  n = np.arange(int(2.5 * RATE))
+  pitch = 140 * (1 + 0.2 * np.sin(n / 8000))
+  sound = (0.1 * np.cos(2 * np.pi * np.cumsum(pitch) / RATE) * (1.2 + np.sin(n / 3000))
+           + 0.02 * rng.standard_normal(n.size)).astype(np.float32)
+  stream = StreamPostfilter(names)
+  for utterance in (sound, sound[:700]):
+    parts, start = [], 0
+    while start < utterance.size:
+      chunk = utterance[start:start + int(rng.integers(0, 2500))]
+      parts.append(stream.push(chunk))
+      start += chunk.size
+      held_back = start - sum(p.size for p in parts)
+      assert held_back == min(start, stream.latency_samples)
+    parts.append(stream.flush())
+    np.testing.assert_allclose(np.concatenate(parts), postfilter(utterance, names), atol=1e-7)
+  assert not np.allclose(postfilter(sound, names), sound, atol=1e-3)
+  with pytest.raises(ValueError, match="shape"):
+    stream.push(np.zeros((2, 10), np.float32))

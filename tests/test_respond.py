@@ -18,7 +18,7 @@ from telugu_jax import checkpoints
 from telugu_jax import respond
 from telugu_jax.data import audio
 from telugu_jax.inference import Responder, load_codec, load_s2s
-from telugu_jax.inference.postfilter import formant_postfilter
+from telugu_jax.inference.postfilter import formant_postfilter, pitch_postfilter
 from telugu_jax.inference.respond import QuestionError
 from telugu_jax.models.codec import Codec
 from telugu_jax.models.s2s import S2SConfig
@@ -119,9 +119,9 @@ def test_responder_prepares_like_training_and_derives_the_frame_rate(models, oth
   beam, _ = responder.respond(tone(0.5, 16000), max_seconds=float(MAX_SECONDS), beam_size=1)
   np.testing.assert_array_equal(beam, greedy)
   filtered, _ = responder.respond(tone(0.5, 16000), max_seconds=float(MAX_SECONDS),
-                                  temperature=0.0, postfilter=True)
+                                  temperature=0.0, postfilter="formant,pitch")
   assert greedy.size >= 512  # a frame of the post-filter at least
-  np.testing.assert_array_equal(filtered, formant_postfilter(greedy))
+  np.testing.assert_array_equal(filtered, formant_postfilter(pitch_postfilter(greedy)))
   assert not np.allclose(filtered, greedy, atol=1e-4)
 
   with pytest.raises(ValueError, match="8 levels of 32 codes, the S2S model 8 levels of 16"):
@@ -146,7 +146,7 @@ def test_file_in_file_out_from_any_format(models, tmp_path, capsys):
   assert _run(models, "--beam_size=3", mp3, tmp_path / "beam_answer.wav") == 0
   assert soundfile.info(tmp_path / "beam_answer.wav").samplerate == 16000
   # The post-filter changes the answer's samples, not its length.
-  assert _run(models, "--beam_size=3", "--postfilter", mp3, tmp_path / "filtered.wav") == 0
+  assert _run(models, "--beam_size=3", "--postfilter=pitch,formant", mp3, tmp_path / "filtered.wav") == 0
   beam, filtered = (soundfile.read(tmp_path / name)[0] for name in ("beam_answer.wav",
                                                                     "filtered.wav"))
   assert filtered.shape == beam.shape and not np.array_equal(filtered, beam)

@@ -7,6 +7,7 @@ import pytest
 
 from telugu_jax.data import audio
 from telugu_jax.inference import generation, load_codec, load_s2s
+from telugu_jax.inference.postfilter import postfilter
 from telugu_jax.serve import engine as engine_lib
 from test_respond import save_tiny_models
 from test_serve import save_endless_s2s
@@ -109,3 +110,25 @@ def test_questions_stream_only_with_a_causal_codec(tmp_path, models):
     engine_lib.QuestionStream(engine, 0, 0)
   with pytest.raises(ValueError, match="level_seconds"):
     engine_lib.QuestionSettings(level_seconds=0)
+
+
+def test_answers_through_the_streamed_post_filter(models):
+  """The answer's audio, push by push through `StreamPostfilter`, is the post-filter of the
+  unfiltered answer; the first push waits for the filter's lookahead."""
+  codec, s2s = models
+  wave = question(1.0)
+  plain = engine_lib.Engine(codec, s2s, engine_lib.GenerationSettings(
+      max_seconds=MAX_SECONDS, temperature=0.0))
+  filtered = engine_lib.Engine(codec, s2s, engine_lib.GenerationSettings(
+      max_seconds=MAX_SECONDS, temperature=0.0, postfilter="formant,pitch"))
+  assert filtered.postfilter_latency_samples == 832
+  hop = filtered.responder.hop
+  assert filtered.first_push_frames == plain.first_push_frames + -(-832 // hop)
+  expected, _ = answer(plain, wave)
+  samples, _ = answer(filtered, wave)
+  assert expected.size > 832
+  # The first push is larger, so the decoder runs other programs: float rounding (see above).
+  np.testing.assert_allclose(samples, postfilter(expected, "pitch,formant"), atol=1e-4)
+  assert not np.allclose(samples, expected, atol=1e-3)
+  with pytest.raises(ValueError, match="post-filters are"):
+    engine_lib.GenerationSettings(postfilter="tilt")

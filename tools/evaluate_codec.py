@@ -2,7 +2,7 @@
 
     python tools/evaluate_codec.py --checkpoint=DIR --clips=../shared/data/common-voice-te-dev \\
         --output=report/ [--levels=K] [--max_clips=N] [--metrics=pesq,stoi,visqol,dnsmos] \\
-        [--postfilter]
+        [--postfilter=pitch,formant]
 
 `--checkpoint` is a converted checkpoint or a training workdir. `--clips` is a folder (searched
 recursively for audio files of any supported format and for audio ArrayRecord shards), a
@@ -11,7 +11,8 @@ folded to mono, resampled to 16 kHz and level-normalised as in training (`normal
 encoded, decoded (with only the first K quantizer levels under `--levels=K`: a lower bitrate)
 and scored against the normalised input with `telugu_jax.evaluation.quality` (PESQ wide-band,
 STOI, ESTOI, ViSQOL speech, DNSMOS, SI-SDR, SNR, multi-scale mel distance). `--postfilter`
-scores the decoded audio after `inference.postfilter.formant_postfilter`.
+scores the decoded audio after the named post-filters of `inference.postfilter` (`pitch`,
+`formant` or both; the pitch one runs first).
 
 Writes to `--output`:
 
@@ -229,7 +230,8 @@ def _write_report(path: str, summary: dict, columns: list[str]) -> None:
       f"- codec: {codec['num_quantizers']} levels × {codec['codebook_size']} codes at "
       f"{codec['frame_rate']:g} frames/s; decoded with **{summary['levels']} levels = "
       f"{summary['bitrate_bps'] / 1000:.2f} kbps**"
-      + (", then the formant post-filter" if summary["postfilter"] else ""),
+      + (f", then the post-filters: {', '.join(summary['postfilter'])}"
+         if summary["postfilter"] else ""),
       f"- input level-normalised as in training (RMS {summary['target_rms']}); "
       f"{summary['elapsed_seconds']:.0f} s wall time", "",
       "| metric | mean ± std | median | min | max | clips |",
@@ -299,16 +301,21 @@ def main(argv: list[str] | None = None) -> int:
                       help="optional metric groups (SI-SDR, SNR, mel distance are always on)")
   parser.add_argument("--num_samples", type=int, default=3,
                       help="clips with listening samples and spectrograms")
-  parser.add_argument("--postfilter", action="store_true",
-                      help="sharpen the decoded formants (inference.postfilter) before scoring")
+  parser.add_argument("--postfilter", default="",
+                      help="post-filter the decoded audio before scoring: pitch, formant or "
+                      "pitch,formant (inference.postfilter)")
   args = parser.parse_args(argv)
 
   from telugu_jax.data import audio
   from telugu_jax.evaluation import metrics as eval_metrics
   from telugu_jax.evaluation import quality
   from telugu_jax.inference import load_codec
-  from telugu_jax.inference.postfilter import formant_postfilter
+  from telugu_jax.inference.postfilter import parse_names, postfilter
 
+  try:
+    postfilters = parse_names(args.postfilter) if args.postfilter else ()
+  except ValueError as e:
+    parser.error(f"--postfilter: {e}")
   groups = [g for g in args.metrics.split(",") if g]
   try:
     columns = quality.columns(groups)
@@ -347,8 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                         for level in codes[0]])
     recon = codec.decode(codes, levels=levels)[0, : wave.size]
     recon = np.pad(recon, (0, wave.size - recon.size))
-    if args.postfilter:
-      recon = formant_postfilter(recon)
+    if postfilters:
+      recon = postfilter(recon, postfilters)
     rows.append({"clip": name, "seconds": wave.size / codec.sample_rate,
                  **quality.clip_quality(wave, recon, codec.sample_rate, groups)})
     if len(samples) < args.num_samples:
@@ -364,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
       "audio_seconds": float(sum(row["seconds"] for row in rows)),
       "target_rms": audio.TARGET_RMS,
       "levels": levels,
-      "postfilter": args.postfilter,
+      "postfilter": list(postfilters),
       "bitrate_bps": bitrate(codec, levels),
       "codec": {**codec.codec_kwargs, "num_quantizers": codec.num_quantizers,
                 "codebook_size": codec.codebook_size, "frame_rate": frame_rate(codec),

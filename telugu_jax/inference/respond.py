@@ -28,7 +28,7 @@ from telugu_jax.data import audio
 from telugu_jax.data import records
 from telugu_jax.data import shards
 from telugu_jax.inference.codec import CodecModel
-from telugu_jax.inference.postfilter import formant_postfilter
+from telugu_jax.inference.postfilter import postfilter as apply_postfilter
 from telugu_jax.inference.s2s import S2S
 
 SAMPLE_RATE = audio.SAMPLE_RATE
@@ -151,7 +151,7 @@ class Responder:
   def respond(self, wave: np.ndarray, speaker: int | str = 0, emotion: int | str = 0, *,
               sample_rate: int = SAMPLE_RATE, max_seconds: float = 10.0,
               temperature: float = 0.8, top_k: int = 0, top_p: float = 0.95, seed: int = 0,
-              beam_size: int = 0, postfilter: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+              beam_size: int = 0, postfilter: str = "") -> tuple[np.ndarray, dict[str, Any]]:
     """Answers one spoken question.
 
     Args:
@@ -166,8 +166,8 @@ class Responder:
       seed: the sampling seed.
       beam_size: > 0: the most likely answer by a beam search of this width instead of sampling
         (`S2S.generate`).
-      postfilter: pass the decoded answer through `postfilter.formant_postfilter` (timed in
-        `decode_ms`).
+      postfilter: post-filters for the decoded answer, `postfilter.NAMES` comma-separated
+        (`"pitch,formant"`; "" = none; timed in `decode_ms`).
 
     Returns:
       `(answer, timings)`: float32 `[T']` at 16 kHz (empty when the model ends at once), and
@@ -201,7 +201,7 @@ class Responder:
     if frames:
       answer = self.codec.decode(answer_codes[:, :, :frames])[0]
       if postfilter:
-        answer = formant_postfilter(answer)
+        answer = apply_postfilter(answer, postfilter)
     else:
       answer = np.zeros(0, np.float32)
     timings["decode_ms"] = _ms(stage)

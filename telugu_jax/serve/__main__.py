@@ -41,9 +41,13 @@ def _parser() -> argparse.ArgumentParser:
   g.add_argument("--max_seconds", type=float, default=10.0, help="longest answer")
   g.add_argument("--frames_per_call", type=int, default=4, help="S2S steps per device call")
   g.add_argument("--first_push_frames", type=int, default=0,
-                 help="frames in the first decoded chunk (0: decoder lookahead + frames_per_call)")
+                 help="frames in the first decoded chunk (0: decoder and post-filter lookahead "
+                 "+ frames_per_call)")
   g.add_argument("--push_frames", type=int, default=0,
                  help="frames per later decoded chunk (0: 80 ms of frames)")
+  g.add_argument("--postfilter", default="",
+                 help="post-filters for the answers: pitch, formant or pitch,formant (README: "
+                 "\"Post-filters at decode\"; adds their lookahead to the latency)")
   g.add_argument("--warmup_seconds", type=float, default=None,
                  help="compile question lengths up to this before serving (default "
                  "--max_turn_seconds; 0 = none, compile on first use)")
@@ -106,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = engine_lib.GenerationSettings(
         max_seconds=args.max_seconds, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, frames_per_call=args.frames_per_call,
-        first_push_frames=args.first_push_frames, push_frames=args.push_frames)
+        first_push_frames=args.first_push_frames, push_frames=args.push_frames,
+        postfilter=args.postfilter)
     turn_settings = vad.TurnSettings(threshold=args.vad_threshold, release=args.vad_release,
                                      min_speech_ms=args.min_speech_ms, silence_ms=args.silence_ms)
     limits = server.Limits(

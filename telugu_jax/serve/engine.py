@@ -32,6 +32,7 @@ import numpy as np
 
 from telugu_jax.data import audio
 from telugu_jax.inference import generation
+from telugu_jax.inference import postfilter as postfilter_lib
 from telugu_jax.inference.codec import CodecModel
 from telugu_jax.inference.respond import Responder
 from telugu_jax.inference.s2s import S2S
@@ -51,10 +52,12 @@ class GenerationSettings:
     max_seconds: the longest answer.
     temperature, top_k, top_p: sampling (`S2S.stream`).
     frames_per_call: S2S decoding steps per device call.
-    first_push_frames: frames decoded into the first audio of an answer; 0 = the decoder's
-      lookahead plus `frames_per_call`.
+    first_push_frames: frames decoded into the first audio of an answer; 0 = the decoder's and
+      the post-filter's lookahead plus `frames_per_call`.
     push_frames: frames per decoder push after the first; 0 = 80 ms of frames (16 at 200 Hz,
       4 at 50 Hz).
+    postfilter: post-filters for the answer's audio (`postfilter.NAMES`, comma-separated;
+      "" = none), streamed by `postfilter.StreamPostfilter`: its lookahead delays the audio.
   """
   max_seconds: float = 10.0
   temperature: float = 0.8
@@ -63,6 +66,7 @@ class GenerationSettings:
   frames_per_call: int = 4
   first_push_frames: int = 0
   push_frames: int = 0
+  postfilter: str = ""
 
   def __post_init__(self):
     if not self.max_seconds > 0:
@@ -71,6 +75,8 @@ class GenerationSettings:
       raise ValueError("need temperature >= 0, top_k >= 0 and 0 < top_p <= 1")
     if self.frames_per_call < 1 or self.push_frames < 0 or self.first_push_frames < 0:
       raise ValueError("need frames_per_call >= 1, push_frames >= 0 and first_push_frames >= 0")
+    if self.postfilter:
+      postfilter_lib.parse_names(self.postfilter)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +138,11 @@ class Engine:
     decoder = self.acquire_decoder()
     self.decoder_latency_samples = int(decoder.latency_samples)
     self.release_decoder(decoder)
-    lookahead = math.ceil(self.decoder_latency_samples / self.responder.hop)
+    self.postfilter_latency_samples = (
+        postfilter_lib.StreamPostfilter(settings.postfilter).latency_samples
+        if settings.postfilter else 0)
+    lookahead = math.ceil((self.decoder_latency_samples + self.postfilter_latency_samples)
+                          / self.responder.hop)
     self.first_push_frames = settings.first_push_frames or lookahead + settings.frames_per_call
     self.push_frames = settings.push_frames or max(1, round(0.08 * self.responder.frame_rate))
 
@@ -267,7 +277,9 @@ class Engine:
     timings["first_frames_ms"] = max(0.0, _ms(start) - timings["s2s_encoder_ms"])
     decoder = self.acquire_decoder()
     start = time.perf_counter()
-    decoder.push(np.stack(first, axis=1).astype(np.int32))
+    samples = decoder.push(np.stack(first, axis=1).astype(np.int32))
+    if s.postfilter:
+      postfilter_lib.StreamPostfilter(s.postfilter).push(samples)
     timings["first_decode_ms"] = _ms(start)
     self.release_decoder(decoder)
     return timings
@@ -387,6 +399,8 @@ class Answer:
     self._decoder = None
     self._pending: list[np.ndarray] = []  # frames [Q] not yet decoded
     self._pushes = 0
+    self._postfilter = (postfilter_lib.StreamPostfilter(engine.settings.postfilter)
+                        if engine.settings.postfilter else None)
 
   def start(self) -> dict[str, float]:
     """Prepares and encodes the question and opens the S2S frame stream.
@@ -462,6 +476,10 @@ class Answer:
     if self.done:
       parts.append(self._decoder.flush())
     samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    if self._postfilter is not None:
+      samples = self._postfilter.push(samples)
+      if self.done:
+        samples = np.concatenate([samples, self._postfilter.flush()])
     self.frames += len(self._pending)
     self._pending = []
     self.samples += samples.size
