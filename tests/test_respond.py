@@ -146,7 +146,8 @@ def test_file_in_file_out_from_any_format(models, tmp_path, capsys):
   assert _run(models, "--beam_size=3", mp3, tmp_path / "beam_answer.wav") == 0
   assert soundfile.info(tmp_path / "beam_answer.wav").samplerate == 16000
   # The post-filter changes the answer's samples, not its length.
-  assert _run(models, "--beam_size=3", "--postfilter=pitch,formant", mp3, tmp_path / "filtered.wav") == 0
+  assert _run(models, "--beam_size=3", "--postfilter=pitch,formant", mp3,
+              tmp_path / "filtered.wav") == 0
   beam, filtered = (soundfile.read(tmp_path / name)[0] for name in ("beam_answer.wav",
                                                                     "filtered.wav"))
   assert filtered.shape == beam.shape and not np.array_equal(filtered, beam)

@@ -29,6 +29,7 @@ import numpy as np
 N_FFT = 512
 HOP = 128
 PITCH_HOP = 160  # samples at 16 kHz: 10 ms frames of pitch analysis, 20 ms windows
+MIN_PITCH_HZ, MAX_PITCH_HZ = 60.0, 400.0
 NAMES = ("pitch", "formant")  # the post-filters, in the order `postfilter` runs them
 
 
@@ -72,8 +73,8 @@ def formant_postfilter(wave: np.ndarray, numerator: float = 0.6, denominator: fl
 
 
 def pitch_postfilter(wave: np.ndarray, strength: float = 1.0, voicing: float = 0.6,
-                     sample_rate: int = 16000, min_hz: float = 60.0,
-                     max_hz: float = 400.0) -> np.ndarray:
+                     sample_rate: int = 16000, min_hz: float = MIN_PITCH_HZ,
+                     max_hz: float = MAX_PITCH_HZ) -> np.ndarray:
   """Returns `wave` (`[T]` or `[B, T]`) with the harmonics of its voiced frames emphasised.
 
   Each frame is filtered by `y[n] = (x[n] + g/2 (x[n-T] + x[n+T])) / (1 + g)`, where `T` is the
@@ -99,7 +100,7 @@ def pitch_postfilter(wave: np.ndarray, strength: float = 1.0, voicing: float = 0
   wave = np.asarray(wave, np.float32)
   if wave.ndim == 2:
     return np.stack([pitch_postfilter(row, strength, voicing, sample_rate, min_hz, max_hz)
-                     for row in wave]).reshape(wave.shape)
+                     for row in wave])
   hop = round(PITCH_HOP * sample_rate / 16000)
   min_lag, max_lag = int(sample_rate / max_hz), int(np.ceil(sample_rate / min_hz))
   if wave.size <= min_lag or strength == 0:
@@ -150,7 +151,8 @@ def _symmetric_comb(wave: np.ndarray, lags: np.ndarray, gains: np.ndarray,
     has_back, has_forward = back >= 0, forward < wave.size
     taps = (np.where(has_back, wave[np.clip(back, 0, None)], 0.0)
             + np.where(has_forward, wave[np.clip(forward, None, wave.size - 1)], 0.0))
-    out += weight * (wave + half_gain * taps) / (1.0 + half_gain * (has_back * 1.0 + has_forward))
+    taps_used = has_back.astype(np.float64) + has_forward
+    out += weight * (wave + half_gain * taps) / (1.0 + half_gain * taps_used)
   return out
 
 
@@ -183,8 +185,10 @@ class StreamPostfilter:
 
   def __init__(self, names: str | Sequence[str] = NAMES):
     self.names = parse_names(names)
-    # The input an output sample depends on, after it and before it, per filter.
-    spans = {"pitch": (2 * PITCH_HOP, 2 * PITCH_HOP + math.ceil(16000 / 60.0)),
+    # The input an output sample depends on, after it and before it, per filter: the pitch
+    # filter's two analysis frames and its comb taps; the formant filter's STFT frames.
+    max_lag = math.ceil(16000 / MIN_PITCH_HZ)
+    spans = {"pitch": (max(2 * PITCH_HOP, max_lag), 2 * PITCH_HOP + max_lag),
              "formant": (N_FFT, N_FFT)}
     self.latency_samples = sum(spans[n][0] for n in self.names)
     self._history = sum(spans[n][1] for n in self.names)
