@@ -177,3 +177,41 @@ def test_end_to_end_on_a_tiny_pair_folder(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
   assert not (tmp_path / "bad").exists()
+
+
+def test_postfilter_filters_the_answers_and_the_codec_references(tmp_path, capsys, monkeypatch):
+  from telugu_jax.inference.postfilter import postfilter
+
+  codec_dir, s2s_dir = save_tiny_models(str(tmp_path / "models"))
+  pairs = tmp_path / "pairs"
+  with records.ShardWriter(pairs / "validation_voices-00000-of-00001.arrayrecord") as writer:
+    writer.write(_pair("validation_voices/0", "D", 2, 0, tone(0.5, RATE, 180.0),
+                       _chirp(0.5, 200, 600)))
+    writer.write(_pair("validation_voices/1", "E", 2, 3, tone(0.3, RATE, 220.0),
+                       _chirp(0.3, 700, 700)))
+  common = [f"--codec={codec_dir}", f"--s2s={s2s_dir}", f"--pairs={pairs}", "--max_pairs=1",
+            "--split=validation_voices", "--max_seconds=0.3", "--num_samples=1", "--no_dnsmos"]
+  written = {}  # the float answer and reference of each run's sample, before the 16-bit WAVs
+  write_sample = tool.write_sample
+
+  def capture(output, index, pair, answer, reference, label):
+    written[pathlib.Path(output).name] = {"answer": answer, "reference": reference}
+    return write_sample(output, index, pair, answer, reference, label)
+
+  monkeypatch.setattr(tool, "write_sample", capture)
+  for name, extra in (("plain", []), ("filtered", ["--postfilter=formant,pitch"])):
+    assert tool.main(common + [f"--output={tmp_path / name}"] + extra) == 0
+  summary = json.loads((tmp_path / "filtered" / "summary.json").read_text(encoding="utf-8"))
+  assert summary["settings"]["postfilter"] == ["pitch", "formant"]
+  report = (tmp_path / "filtered" / "report.md").read_text(encoding="utf-8")
+  assert "answers post-filtered (pitch, formant)" in report
+  assert "then post-filtered like the answers" in report
+  for kind in ("answer", "reference"):
+    plain, filtered = written["plain"][kind], written["filtered"][kind]
+    assert plain.size > 1000 and np.abs(filtered - plain).max() > 0.01
+    np.testing.assert_allclose(filtered, postfilter(plain, "pitch,formant"), atol=1e-5)
+
+  capsys.readouterr()
+  with pytest.raises(SystemExit):
+    tool.main(common + [f"--output={tmp_path / 'bad'}", "--postfilter=comb"])
+  assert "--postfilter: post-filters are pitch, formant" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 
     python tools/evaluate_conversations.py --codec=CODEC --s2s=S2S --pairs=PAIRS_DIR \\
         --output=report/ [--split=validation_voices,validation] [--max_pairs=N] \\
-        [--temperature=0 | --beam_size=8] [--max_seconds=10] [--references=codec|original]
+        [--temperature=0 | --beam_size=8] [--max_seconds=10] [--references=codec|original] \\
+        [--postfilter=pitch,formant]
 
 `--pairs` is a folder of audio pair shards written by `tools/make_conversations.py`
 (`{split}-NNNNN-of-NNNNN.arrayrecord`, records with int16 16 kHz `question_pcm` and `answer_pcm`
@@ -10,7 +11,8 @@ and metadata with `answer_text`, `speaker_id`, `emotion_id`, `key`). Per split
 (`validation_voices`: training texts asked in held-out voices; `validation`: texts never seen in
 training), the first `--max_pairs` pairs are answered with `telugu_jax.inference.Responder`
 (question level-normalised, encoded, answered in the pair's speaker and emotion, greedy by
-default or by beam search with `--beam_size`, decoded by the same codec).
+default or by beam search with `--beam_size`, decoded by the same codec; `--postfilter` runs
+the named post-filters of `inference.postfilter` on each decoded answer, as `respond` does).
 
 **Which answer did the model give?** The candidates of a pair are all distinct answer texts of
 its split, each in the pair's (assistant) speaker's voice. The references are the pair shards'
@@ -19,7 +21,8 @@ speaker provides the reference of that text in that voice, so there is one refer
 distinct answer text and speaker, and a text that this speaker never says in the split is not
 one of the pair's candidates (a pair without an answer text counts as a text of its own). With
 `--references=codec` (the default) the references are encoded and decoded by the same codec,
-so that codec distortion, which every generated answer carries, favours no candidate;
+so that codec distortion, which every generated answer carries, favours no candidate (and
+through the same post-filters as the answers);
 `--references=original` compares against the recorded audio itself. The distance between two
 waves is dynamic time warping (`librosa.sequence.dtw`) on normalised log-mel frames (80 bands,
 64 ms windows, 16 ms hop; each frame's dB values minus their mean over the bands, over their
@@ -187,10 +190,12 @@ class Reference:
   seconds: float
 
 
-def build_references(pairs: list[Pair], speakers: set[int], codec, through_codec: bool
-                     ) -> dict[int, list[Reference]]:
-  """Per speaker in `speakers`, one reference per distinct answer text (first pair's audio)."""
+def build_references(pairs: list[Pair], speakers: set[int], codec, through_codec: bool,
+                     postfilters: tuple[str, ...] = ()) -> dict[int, list[Reference]]:
+  """Per speaker in `speakers`, one reference per distinct answer text (first pair's audio;
+  through the codec and then `postfilters` when `through_codec`)."""
   from telugu_jax.data import audio
+  from telugu_jax.inference.postfilter import postfilter
 
   first: dict[tuple[str, int], Pair] = {}
   for pair in pairs:
@@ -202,6 +207,8 @@ def build_references(pairs: list[Pair], speakers: set[int], codec, through_codec
     wave = audio.normalize_rms(audio.pcm16_to_float(pair.answer_pcm))
     if through_codec:
       wave = codec.reconstruct(wave[None])[0]
+      if postfilters:
+        wave = postfilter(wave, postfilters)
     references[speaker].append(Reference(identity, wave, log_mel(wave),
                                          pair.answer_pcm.size / SAMPLE_RATE))
   return references
@@ -296,8 +303,11 @@ SPLIT_TITLES = {
 def write_report(path: str, summary: dict) -> None:
   s = summary["settings"]
   rated = f"first {s['dnsmos_pairs']} " if s.get("dnsmos_pairs") else ""
+  filters = ", ".join(s.get("postfilter", ()))
   reference_kind = ("encoded and decoded by the same codec" if s["references"] == "codec"
                     else "the recorded answer audio (not through the codec)")
+  if filters and s["references"] == "codec":
+    reference_kind += ", then post-filtered like the answers"
   lines = [
       "# Conversation evaluation: does the S2S model give the right answer?", "",
       f"- codec: `{s['codec']}`; S2S: `{s['s2s']}` ({s['variant']} variant)",
@@ -305,7 +315,8 @@ def write_report(path: str, summary: dict) -> None:
           f"beam search, {s['beam_size']} beams" if s.get("beam_size") else
           f"sampling: temperature {s['temperature']:g}, top-k {s['top_k']}, top-p "
           f"{s['top_p']:g}, seed {s['seed']}") + "; answers up to "
-      f"{s['max_seconds']:g} s ({s['max_frames']} frames at {s['frame_rate']:g} frames/s)",
+      f"{s['max_seconds']:g} s ({s['max_frames']} frames at {s['frame_rate']:g} frames/s)"
+      + (f"; answers post-filtered ({filters})" if filters else ""),
       "- candidates: every distinct answer text of the split in the pair's speaker's voice; "
       "the reference of a text and speaker is the answer audio of the split's first pair with "
       f"them, {reference_kind}",
@@ -402,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="skip DNSMOS (about a second per answer on a CPU)")
   parser.add_argument("--dnsmos_pairs", type=int, default=0,
                       help="DNSMOS of the first N answers per split only (0 = all)")
+  parser.add_argument("--postfilter", default="",
+                      help="post-filter each decoded answer (and the codec references): pitch, "
+                      "formant or pitch,formant (inference.postfilter)")
   args = parser.parse_args(argv)
   splits = [s for s in args.split.split(",") if s]
   if not splits or set(splits) - set(SPLITS):
@@ -415,6 +429,12 @@ def main(argv: list[str] | None = None) -> int:
 
   from telugu_jax.data import audio
   from telugu_jax.inference import Responder, load_codec, load_s2s
+  from telugu_jax.inference.postfilter import parse_names
+
+  try:
+    postfilters = parse_names(args.postfilter) if args.postfilter else ()
+  except ValueError as e:
+    parser.error(f"--postfilter: {e}")
 
   start = time.time()
   if not os.path.isdir(args.pairs):
@@ -448,13 +468,14 @@ def main(argv: list[str] | None = None) -> int:
     split_rows = []
     if chosen:
       references = build_references(pairs[split], {p.speaker_id for p in chosen}, codec,
-                                    args.references == "codec")
+                                    args.references == "codec", postfilters)
       for pair in tqdm(chosen, desc=split, unit="pair"):
         try:
           answer, timings = responder.respond(
               audio.pcm16_to_float(pair.question_pcm), pair.speaker_id, pair.emotion_id,
               max_seconds=args.max_seconds, temperature=args.temperature, top_k=args.top_k,
-              top_p=args.top_p, seed=args.seed, beam_size=args.beam_size)
+              top_p=args.top_p, seed=args.seed, beam_size=args.beam_size,
+              postfilter=",".join(postfilters))
         except ValueError as e:  # QuestionError, or a speaker or emotion the model lacks
           skipped.append(f"{pair.split} {pair.key}: {e}")
           continue
@@ -482,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
           "seed": args.seed, "beam_size": args.beam_size, "max_seconds": args.max_seconds,
           "max_frames": responder.max_frames(args.max_seconds),
           "frame_rate": responder.frame_rate, "dnsmos": args.dnsmos,
-          "dnsmos_pairs": args.dnsmos_pairs},
+          "dnsmos_pairs": args.dnsmos_pairs, "postfilter": list(postfilters)},
       "splits": results,
       "samples": samples,
       "skipped": skipped,
