@@ -92,6 +92,8 @@ def _line(question: str, answer: str, t: dict) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+  from telugu_jax.inference import postfilter as postfilter_lib
+
   parser = argparse.ArgumentParser(prog="python -m telugu_jax.respond",
                                    description=__doc__.splitlines()[0])
   parser.add_argument("input", help="a question audio file or a folder of them")
@@ -107,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--beam_size", type=int, default=0,
                       help="> 0: the most likely answer by beam search (sampling unused)")
   parser.add_argument("--max_seconds", type=float, default=10.0, help="longest answer")
-  parser.add_argument("--postfilter", default="",
+  parser.add_argument("--postfilter", default="", type=postfilter_lib.flag,
                       help="post-filter the answer: pitch, formant or pitch,formant (README: "
                       "\"Post-filters at decode\")")
   return parser
@@ -122,12 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.error("need --temperature >= 0, --top_k >= 0 and 0 < --top_p <= 1")
   if args.beam_size < 0:
     parser.error(f"--beam_size must be 0 (sampling) or positive, got {args.beam_size}")
-  from telugu_jax.inference.postfilter import parse_names
-  if args.postfilter:
-    try:
-      parse_names(args.postfilter)
-    except ValueError as e:
-      parser.error(f"--postfilter: {e}")
 
   from telugu_jax.data import audio
   from telugu_jax.inference import Responder, load_codec, load_s2s

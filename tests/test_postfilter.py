@@ -1,13 +1,21 @@
 """The post-filters of `inference/postfilter.py`: the formant one against the response of the
 classic `A(z/g1) / A(z/g2)`, the pitch one against a comb filter's effect on harmonics and noise."""
 
+import importlib.util
+import pathlib
+import sys
+
 import librosa
 import numpy as np
 import pytest
 import scipy.signal
 
-from telugu_jax.inference.postfilter import (StreamPostfilter, formant_postfilter, parse_names,
-                                             pitch_postfilter, postfilter)
+from telugu_jax import respond
+from telugu_jax.inference.postfilter import StreamPostfilter
+from telugu_jax.inference.postfilter import flag as postfilter_flag
+from telugu_jax.inference.postfilter import (formant_postfilter, parse_names, pitch_postfilter,
+                                             postfilter)
+from telugu_jax.serve import __main__ as serve_main
 
 RATE = 16000
 FORMANTS = ((700, 400), (1800, 500), (2900, 600))  # (Hz, bandwidth Hz): a blurred vowel
@@ -122,6 +130,38 @@ def test_postfilter_names_and_order():
   for bad in ("", "formant,tilt"):
     with pytest.raises(ValueError, match="post-filters are pitch, formant"):
       parse_names(bad)
+
+
+@pytest.mark.parametrize("command", ["respond", "serve", "evaluate_codec",
+                                     "evaluate_conversations"])
+def test_the_tools_postfilter_flag_normalises_and_rejects_unknown_names(command, capsys):
+  """Each command line's `--postfilter`: "" is none, names come in `NAMES` order, an unknown
+  name is a usage error (exit 2) that names the post-filters, before any model is loaded."""
+  assert postfilter_flag("") == "" and postfilter_flag("formant,pitch") == "pitch,formant"
+  main = {"respond": lambda: respond.main,
+          "serve": lambda: serve_main.main,
+          "evaluate_codec": lambda: _tool("evaluate_codec").main,
+          "evaluate_conversations": lambda: _tool("evaluate_conversations").main}[command]()
+  required = {"respond": ["/nonexistent.wav", "/nonexistent/out.wav", "--codec=/nonexistent",
+                          "--s2s=/nonexistent"],
+              "serve": ["--codec=/nonexistent", "--s2s=/nonexistent"],
+              "evaluate_codec": ["--checkpoint=/nonexistent", "--clips=/nonexistent",
+                                 "--output=/nonexistent"],
+              "evaluate_conversations": ["--codec=/nonexistent", "--s2s=/nonexistent",
+                                         "--pairs=/nonexistent", "--output=/nonexistent"]}[command]
+  with pytest.raises(SystemExit) as exit_info:
+    main([*required, "--postfilter=pitch,tilt"])
+  assert exit_info.value.code == 2
+  assert "argument --postfilter: post-filters are pitch, formant" in capsys.readouterr().err
+
+
+def _tool(name):
+  spec = importlib.util.spec_from_file_location(
+      f"_{name}", pathlib.Path(__file__).resolve().parents[1] / "tools" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # its dataclasses look their module up
+  spec.loader.exec_module(module)
+  return module
 
 
 @pytest.mark.parametrize("names", ["formant", "pitch", "pitch,formant"])

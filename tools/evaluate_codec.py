@@ -288,6 +288,8 @@ def _listening_sample(output: str, name: str, original: np.ndarray,
 
 
 def main(argv: list[str] | None = None) -> int:
+  from telugu_jax.inference import postfilter as postfilter_lib
+
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--checkpoint", required=True,
                       help="a converted checkpoint or a training workdir")
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="optional metric groups (SI-SDR, SNR, mel distance are always on)")
   parser.add_argument("--num_samples", type=int, default=3,
                       help="clips with listening samples and spectrograms")
-  parser.add_argument("--postfilter", default="",
+  parser.add_argument("--postfilter", default="", type=postfilter_lib.flag,
                       help="post-filter the decoded audio before scoring: pitch, formant or "
                       "pitch,formant (inference.postfilter)")
   args = parser.parse_args(argv)
@@ -310,12 +312,7 @@ def main(argv: list[str] | None = None) -> int:
   from telugu_jax.evaluation import metrics as eval_metrics
   from telugu_jax.evaluation import quality
   from telugu_jax.inference import load_codec
-  from telugu_jax.inference.postfilter import parse_names, postfilter
-
-  try:
-    postfilters = parse_names(args.postfilter) if args.postfilter else ()
-  except ValueError as e:
-    parser.error(f"--postfilter: {e}")
+  postfilters = tuple(filter(None, args.postfilter.split(",")))
   groups = [g for g in args.metrics.split(",") if g]
   try:
     columns = quality.columns(groups)
@@ -355,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     recon = codec.decode(codes, levels=levels)[0, : wave.size]
     recon = np.pad(recon, (0, wave.size - recon.size))
     if postfilters:
-      recon = postfilter(recon, postfilters)
+      recon = postfilter_lib.postfilter(recon, postfilters)
     rows.append({"clip": name, "seconds": wave.size / codec.sample_rate,
                  **quality.clip_quality(wave, recon, codec.sample_rate, groups)})
     if len(samples) < args.num_samples:

@@ -390,6 +390,8 @@ def write_sample(output: str, index: int, pair: Pair, answer: np.ndarray,
 
 
 def main(argv: list[str] | None = None) -> int:
+  from telugu_jax.inference import postfilter as postfilter_lib
+
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--codec", required=True, help="codec checkpoint or training workdir")
   parser.add_argument("--s2s", required=True, help="S2S checkpoint or training workdir")
@@ -413,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="skip DNSMOS (about a second per answer on a CPU)")
   parser.add_argument("--dnsmos_pairs", type=int, default=0,
                       help="DNSMOS of the first N answers per split only (0 = all)")
-  parser.add_argument("--postfilter", default="",
+  parser.add_argument("--postfilter", default="", type=postfilter_lib.flag,
                       help="post-filter each decoded answer (and the codec references): pitch, "
                       "formant or pitch,formant (inference.postfilter)")
   args = parser.parse_args(argv)
@@ -429,12 +431,7 @@ def main(argv: list[str] | None = None) -> int:
 
   from telugu_jax.data import audio
   from telugu_jax.inference import Responder, load_codec, load_s2s
-  from telugu_jax.inference.postfilter import parse_names
-
-  try:
-    postfilters = parse_names(args.postfilter) if args.postfilter else ()
-  except ValueError as e:
-    parser.error(f"--postfilter: {e}")
+  postfilters = tuple(filter(None, args.postfilter.split(",")))
 
   start = time.time()
   if not os.path.isdir(args.pairs):

@@ -20,6 +20,7 @@ of 32 ms (formant), 20 ms (pitch) or 52 ms (both).
 
 from __future__ import annotations
 
+import argparse
 import math
 from typing import Sequence
 
@@ -163,6 +164,17 @@ def parse_names(spec: str | Sequence[str]) -> tuple[str, ...]:
   if unknown or not names:
     raise ValueError(f"post-filters are {', '.join(NAMES)} (comma-separated); got {spec!r}")
   return tuple(n for n in NAMES if n in names)
+
+
+def flag(spec: str) -> str:
+  """argparse `type=` of the tools' `--postfilter` flags: "" (none), or the names in `NAMES`
+  order, comma-separated; anything else is a usage error naming the post-filters."""
+  if not spec:
+    return ""
+  try:
+    return ",".join(parse_names(spec))
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def postfilter(wave: np.ndarray, names: str | Sequence[str] = NAMES) -> np.ndarray:

@@ -23,6 +23,8 @@ from aiohttp import web
 
 
 def _parser() -> argparse.ArgumentParser:
+  from telugu_jax.inference import postfilter as postfilter_lib
+
   p = argparse.ArgumentParser(prog="python -m telugu_jax.serve",
                               description=__doc__.splitlines()[0])
   p.add_argument("--codec", required=True, help="codec checkpoint or training workdir")
@@ -45,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
                  "+ frames_per_call)")
   g.add_argument("--push_frames", type=int, default=0,
                  help="frames per later decoded chunk (0: 80 ms of frames)")
-  g.add_argument("--postfilter", default="",
+  g.add_argument("--postfilter", default="", type=postfilter_lib.flag,
                  help="post-filters for the answers: pitch, formant or pitch,formant (README: "
                  "\"Post-filters at decode\"; adds their lookahead to the latency)")
   g.add_argument("--warmup_seconds", type=float, default=None,
