@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import with_overrides
+from test_train_codec import tiny_config
 
 from configs import codec as codec_configs
 from telugu_jax import inference, losses
@@ -174,10 +175,9 @@ def test_reconstruction_warm_up_step_is_the_gan_step_without_the_discriminator()
   step's with the adversarial and feature-matching weights at 0 (the discriminator then does
   not reach the generator's loss), and the discriminator's parameters and optimizer state pass
   through unchanged."""
-  small_discriminator = {"discriminator.periods": (2, 3), "discriminator.n_ffts": (256,)}
-  config = with_overrides(codec_configs.get_config("smoke"), **small_discriminator)
-  no_disc_terms = with_overrides(codec_configs.get_config("smoke"), **small_discriminator, **{
-      "loss_weights.adversarial": 0.0, "loss_weights.feature_matching": 0.0})
+  config = tiny_config()
+  no_disc_terms = tiny_config(**{"loss_weights.adversarial": 0.0,
+                                 "loss_weights.feature_matching": 0.0})
   audio = 0.1 * jax.random.normal(jax.random.key(3), (2, 2000))
   state = trainer.init_state(config, jax.random.key(0))
   warm, metrics = jax.jit(trainer.make_train_step(config, adversarial=False))(state, audio)

@@ -173,7 +173,7 @@ def test_reset_and_flush_start_a_new_utterance(codecs, speech):
 def test_windowed_decoder_of_the_faithful_codec(codecs, speech):
   causal, faithful = codecs
   # Codes of real speech (from the causal encoder: the same parameters, one program less).
-  codes = causal.encode(speech[0])[0][:, :faithful.num_frames(speech[0].size)]  # [8, 599]: 3 s
+  codes = causal.encode(speech[0])[0][:, :300]  # [8, 300]: 1.5 s
   full = faithful.decode(codes[None])[0]
   # Everything in one push, then flush with a context of the whole utterance: the full pass.
   dec = faithful.stream_decoder(left_context=codes.shape[1], min_window=WINDOW)
@@ -187,7 +187,7 @@ def test_windowed_decoder_of_the_faithful_codec(codecs, speech):
     streamed = np.concatenate(out + [dec.flush()])
     assert streamed.shape == full.shape
     snrs.append(snr_db(full, streamed))
-  # Measured: 11.0, 35.6, 42.2, 48.3 dB (this random smoke codec; the README has full size).
+  # Measured: 11.1, 35.9, 42.4, 47.0 dB (this random smoke codec; the README has full size).
   assert snrs == sorted(snrs), snrs
   assert snrs[0] < 20 and snrs[-1] > 40, snrs
 
