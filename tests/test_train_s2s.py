@@ -259,6 +259,11 @@ def test_sigkill_resume_gives_the_batches_and_parameters_of_an_uninterrupted_run
     np.testing.assert_array_equal(x, y)
 
 
+def zeros_like(shapes):
+  """Arrays of zeros for checkpoints whose metadata is what a test reads."""
+  return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
+
+
 def test_bad_input_is_named_before_any_step(tmp_path):
   data = tmp_path / "data"
   good = records.write_code_shards(reversal_pairs(8, 0), data / "good", split="train")[0]
@@ -280,12 +285,15 @@ def test_bad_input_is_named_before_any_step(tmp_path):
   # init_from: a codec checkpoint, or an S2S model of another size.
   codec_dir = str(tmp_path / "codec")
   codec_config = codec_configs.get_config("smoke")
-  checkpoints.save(codec_dir, 0, codec_trainer.init_state(codec_config, jax.random.key(0)),
+  checkpoints.save(codec_dir, 0, zeros_like(codec_trainer.abstract_state(codec_config)),
                    {"task": "codec", "codec": json.loads(codec_config.codec.to_json())})
   with pytest.raises(ValueError, match="not an S2S checkpoint"):
     trainer.train_and_evaluate(pair_config(good, "", init_from=codec_dir), run)
-  other = pair_config(good, "", total_steps=1, eval_every=0, **{"model.hidden_dim": 32})
-  trainer.train_and_evaluate(other, str(tmp_path / "small"))
+  other = pair_config(good, "", **{"model.hidden_dim": 32})
+  shapes = jax.eval_shape(lambda: trainer.init_variables(other, jax.random.key(0)))
+  small = trainer.model_config(other)
+  checkpoints.save(str(tmp_path / "small"), 0, zeros_like(shapes),
+                   checkpoints.model_meta("s2s", variant=small.variant, model=small.to_dict()))
   with pytest.raises(ValueError, match=r"small.*hidden_dim \(32 vs 64\)"):
     trainer.train_and_evaluate(pair_config(good, "", init_from=str(tmp_path / "small")), run)
 
