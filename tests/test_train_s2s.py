@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, with_overrides
+from conftest import ROOT, TEST_XLA_FLAGS, with_overrides
 
 from configs import codec as codec_configs
 from configs import s2s as s2s_configs
@@ -23,13 +23,19 @@ from telugu_jax.train import s2s as trainer
 VOCAB = 16
 
 
+# The smoke model with 2 levels of 16 codes, on pair shards.
+PAIRS = {"stage": "conversation", "model.vocab_size": VOCAB, "model.num_quantizers": 2,
+         "model.delays": (0, 1), "data.max_question_frames": 8, "data.max_answer_frames": 8,
+         "data.bucket_frames": 8, "data.batch_size": 32}
+
+
 def pair_config(train, validation, **overrides):
-  """The smoke model with 2 levels of 16 codes, on pair shards."""
   return with_overrides(s2s_configs.get_config("smoke"), **{
-      "stage": "conversation", "model.vocab_size": VOCAB, "model.num_quantizers": 2,
-      "model.delays": (0, 1), "data.train_shards": train, "data.validation_shards": validation,
-      "data.max_question_frames": 8, "data.max_answer_frames": 8, "data.bucket_frames": 8,
-      "data.batch_size": 32, **overrides})
+      **PAIRS, "data.train_shards": train, "data.validation_shards": validation, **overrides})
+
+
+def _flag(value):
+  return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def reversal_pairs(count, seed, levels=2):
@@ -127,9 +133,20 @@ def test_learns_to_answer_with_the_reversed_question(tmp_path):
   train = records.write_code_shards(reversal_pairs(4000, 0), data, split="train")
   held_out = reversal_pairs(32, 1)
   validation = records.write_code_shards(held_out, data, split="validation")
-  config = pair_config(train[0], validation[0], total_steps=600, log_every=100, eval_every=600,
-                       checkpoint_every=600, **{"optimizer.warmup_steps": 20})
-  results = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  settings = {**PAIRS, "data.train_shards": train[0], "data.validation_shards": validation[0],
+              "total_steps": 600, "log_every": 100, "eval_every": 600, "checkpoint_every": 600,
+              "optimizer.warmup_steps": 20}
+  # Hundreds of small steps: launched with XLA's full optimisation, they run 3x faster than
+  # with the suite's quick-to-compile flags (conftest.py).
+  run = subprocess.run(
+      [sys.executable, "-m", "telugu_jax.main", "--config=configs/s2s.py:smoke",
+       f"--workdir={tmp_path / 'run'}", *(f"--config.{key}={_flag(value)}"
+                                          for key, value in settings.items())],
+      cwd=ROOT, env={**os.environ, "XLA_FLAGS": os.environ["XLA_FLAGS"].replace(
+          TEST_XLA_FLAGS, "")}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      timeout=900)
+  assert run.returncode == 0, run.stdout
+  results = _rows(tmp_path / "run")[-1]
   assert results["val/accuracy"] > 0.99 and results.get("val/eos_accuracy") == 1.0, results
 
   model = inference.load_s2s(str(tmp_path / "run"))  # a training workdir loads like a conversion
