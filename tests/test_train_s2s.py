@@ -142,9 +142,9 @@ def test_learns_to_answer_with_the_reversed_question(tmp_path):
       [sys.executable, "-m", "telugu_jax.main", "--config=configs/s2s.py:smoke",
        f"--workdir={tmp_path / 'run'}", *(f"--config.{key}={_flag(value)}"
                                           for key, value in settings.items())],
-      cwd=ROOT, env={**os.environ, "XLA_FLAGS": os.environ["XLA_FLAGS"].replace(
-          TEST_XLA_FLAGS, "")}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      timeout=900)
+      cwd=ROOT, env={**os.environ, "XLA_FLAGS": " ".join(
+          os.environ["XLA_FLAGS"].replace(TEST_XLA_FLAGS, "").split())},
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
   assert run.returncode == 0, run.stdout
   results = _rows(tmp_path / "run")[-1]
   assert results["val/accuracy"] > 0.99 and results.get("val/eos_accuracy") == 1.0, results
@@ -235,7 +235,7 @@ def uninterrupted(tmp_path_factory):
 
 def _launch(workdir, *extra, env=None):
   """`python -m telugu_jax.main` on the smoke config with `RUN`'s settings."""
-  flags = [f"--config.{key}={value}" for key, value in RUN.items()]
+  flags = [f"--config.{key}={_flag(value)}" for key, value in RUN.items()]
   return subprocess.Popen(
       [sys.executable, "-m", "telugu_jax.main", "--config=configs/s2s.py:smoke",
        f"--workdir={workdir}", *flags, *extra], cwd=ROOT, env={**os.environ, **(env or {})},
