@@ -3,6 +3,7 @@ classic `A(z/g1) / A(z/g2)`, the pitch one against a comb filter's effect on har
 
 import importlib.util
 import pathlib
+import subprocess
 import sys
 
 import librosa
@@ -153,6 +154,28 @@ def test_the_tools_postfilter_flag_normalises_and_rejects_unknown_names(command,
     main([*required, "--postfilter=pitch,tilt"])
   assert exit_info.value.code == 2
   assert "argument --postfilter: post-filters are pitch, formant" in capsys.readouterr().err
+
+
+def test_the_command_lines_parse_without_importing_jax():
+  """`--help` and usage errors come at once: the flag's module does not pull in JAX."""
+  code = (
+      "import contextlib, io, sys\n"
+      "sys.path.insert(0, 'tests')\n"
+      "from test_postfilter import _tool\n"
+      "from telugu_jax import respond\n"
+      "from telugu_jax.serve import __main__ as serve_main\n"
+      "for main in (respond.main, serve_main.main, _tool('evaluate_codec').main,\n"
+      "             _tool('evaluate_conversations').main):\n"
+      "  with contextlib.redirect_stdout(io.StringIO()):\n"
+      "    try:\n"
+      "      main(['--help'])\n"
+      "    except SystemExit:\n"
+      "      pass\n"
+      "print(sorted(m for m in ('jax', 'flax', 'torch') if m in sys.modules))\n")
+  run = subprocess.run([sys.executable, "-c", code], cwd=pathlib.Path(__file__).parents[1],
+                       capture_output=True, text=True, timeout=120)
+  assert run.returncode == 0, run.stderr
+  assert run.stdout.strip() == "[]", run.stdout
 
 
 def _tool(name):
