@@ -1,5 +1,6 @@
 """Shared test setup: CPU JAX, the PyTorch reference importable, small thread counts."""
 
+import importlib.util
 import os
 import sys
 import tempfile
@@ -33,6 +34,21 @@ def relative_error(actual, expected) -> float:
   actual, expected = actual.astype(dtype), expected.astype(dtype)
   assert actual.shape == expected.shape, (actual.shape, expected.shape)
   return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-30))
+
+
+def load_tool(name: str):
+  """`tools/<name>.py` as a module, loaded once per process and registered under `name` (its
+  dataclasses look their module up; absl flags may be defined only once)."""
+  if name not in sys.modules:
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+      spec.loader.exec_module(module)
+    except BaseException:
+      del sys.modules[name]
+      raise
+  return sys.modules[name]
 
 
 def with_overrides(config, **overrides):

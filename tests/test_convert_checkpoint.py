@@ -4,15 +4,13 @@ A tiny PyTorch reference trains a few real steps and saves in the original forma
 CLI turns it into an Orbax checkpoint; JAX's outputs and one more GAN step must equal PyTorch's.
 """
 
-import importlib.util
 import os
-import pathlib
 
 import jax
 import numpy as np
 import pytest
 import torch
-from conftest import relative_error
+from conftest import load_tool, relative_error
 
 import torch_reference as ref
 from configs import codec as codec_configs
@@ -21,17 +19,8 @@ from telugu_jax.train import codec as codec_trainer
 from telugu_jax import optim
 from test_codec_parity import TINY_CODEC, TINY_DISC, speechlike
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-
-def _tool(name):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-convert_tool = _tool("convert_torch_checkpoint")
+convert_tool = load_tool("convert_torch_checkpoint")
 
 
 class Original:

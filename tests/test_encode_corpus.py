@@ -1,6 +1,5 @@
 """tools/encode_corpus.py: audio shards -> code shards, on a tiny codec."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -11,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import load_tool
 
 from configs import codec as codec_configs
 from telugu_jax import checkpoints
@@ -21,16 +21,7 @@ from telugu_jax.models import codec as codec_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "encode_corpus.py"
-
-
-def _load_tool():
-  spec = importlib.util.spec_from_file_location("encode_corpus", TOOL)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-encode_corpus = _load_tool()
+encode_corpus = load_tool("encode_corpus")
 
 
 def _pcm(length, seed):

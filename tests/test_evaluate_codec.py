@@ -1,16 +1,15 @@
 """Codec quality metrics (`evaluation/quality.py`), decoding fewer levels, and the report CLI."""
 
 import csv
-import importlib.util
 import json
 import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import soundfile
+from conftest import load_tool
 
 from configs import codec as codec_configs
 from telugu_jax import checkpoints
@@ -21,7 +20,6 @@ from telugu_jax.inference import codec as inference_codec
 from telugu_jax.inference.postfilter import formant_postfilter, pitch_postfilter
 from telugu_jax.models.codec import Codec
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Every test clip has this length: the signal metrics and the codec compile once for it, and
 # DNSMOS (which repeats a clip up to 9 s) scores it in one window.
 LENGTH = 38400
@@ -127,13 +125,6 @@ def test_decode_with_fewer_levels_sums_only_those_codebooks(smoke_checkpoint):
     codec.decode(codes, levels=0)
 
 
-def _tool(name):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_cli_writes_the_report_and_skips_broken_clips(smoke_checkpoint, tmp_path, capsys):
   path, config, _ = smoke_checkpoint
   clips = tmp_path / "clips"
@@ -146,7 +137,7 @@ def test_cli_writes_the_report_and_skips_broken_clips(smoke_checkpoint, tmp_path
     writer.write(b"not a record")
   output = tmp_path / "report"
 
-  assert _tool("evaluate_codec").main([
+  assert load_tool("evaluate_codec").main([
       f"--checkpoint={path}", f"--clips={clips}", f"--output={output}", "--levels=4",
       "--num_samples=1"]) == 0
   captured = capsys.readouterr()
@@ -187,7 +178,7 @@ def test_cli_scores_the_post_filtered_decode_when_asked(smoke_checkpoint, tmp_pa
   wave = _speech("f2", 21)
   soundfile.write(tmp_path / "a.wav", wave, 16000, subtype="FLOAT")
   output = tmp_path / "report"
-  assert _tool("evaluate_codec").main([
+  assert load_tool("evaluate_codec").main([
       f"--checkpoint={path}", f"--clips={tmp_path / 'a.wav'}", f"--output={output}",
       "--metrics=", "--num_samples=0", "--postfilter=formant,pitch"]) == 0
   summary = json.loads((output / "summary.json").read_text(encoding="utf-8"))
@@ -201,5 +192,5 @@ def test_cli_scores_the_post_filtered_decode_when_asked(smoke_checkpoint, tmp_pa
   assert summary["metrics"]["snr"]["mean"] == pytest.approx(expected["snr"], abs=1e-3)
   assert abs(expected["snr"] - unfiltered["snr"]) > 1e-3
   with pytest.raises(SystemExit):  # argparse's error: "post-filters are pitch, formant ..."
-    _tool("evaluate_codec").main([f"--checkpoint={path}", f"--clips={tmp_path / 'a.wav'}",
-                                  f"--output={output}", "--postfilter=tilt"])
+    load_tool("evaluate_codec").main([f"--checkpoint={path}", f"--clips={tmp_path / 'a.wav'}",
+                                      f"--output={output}", "--postfilter=tilt"])

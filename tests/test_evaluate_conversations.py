@@ -2,31 +2,18 @@
 tiny end-to-end run on a pair folder in the `tools/make_conversations.py` shard layout."""
 
 import csv
-import importlib.util
 import json
 import pathlib
-import sys
 
 import numpy as np
 import pytest
+from conftest import load_tool
 
 from telugu_jax.data import audio, records
 from test_respond import save_tiny_models, save_tiny_s2s, tone
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 RATE = 16000
-
-
-def _tool():
-  spec = importlib.util.spec_from_file_location(
-      "evaluate_conversations", ROOT / "tools" / "evaluate_conversations.py")
-  module = importlib.util.module_from_spec(spec)
-  sys.modules["evaluate_conversations"] = module  # its dataclasses look their module up
-  spec.loader.exec_module(module)
-  return module
-
-
-tool = _tool()
+tool = load_tool("evaluate_conversations")
 
 
 def _chirp(seconds: float, f0: float, f1: float) -> np.ndarray:

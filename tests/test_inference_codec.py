@@ -2,9 +2,7 @@
 
 import functools
 import hashlib
-import importlib.util
 import json
-import pathlib
 import struct
 import types
 import zlib
@@ -14,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import soundfile
+from conftest import load_tool
 
 from configs import codec as codec_configs
 from telugu_jax import checkpoints
@@ -24,8 +23,6 @@ from telugu_jax.models import codec as codec_lib
 from telugu_jax.models.codec import Codec
 from telugu_jax.train import codec as codec_trainer
 from test_codec_parity import speechlike
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -194,16 +191,9 @@ def test_code_file_version_1_is_read_and_every_header_field_checked(tmp_path):
   assert not list(tmp_path.glob("w.tjc*"))
 
 
-def _tool(name):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_file_cli_encodes_and_decodes_a_folder(smoke_checkpoint, tmp_path, capsys):
   path, config, state = smoke_checkpoint
-  cli = _tool("codec_files")
+  cli = load_tool("codec_files")
   clips = tmp_path / "clips"
   (clips / "sub").mkdir(parents=True)
   mono = speechlike(1, 16000, seed=5)[0]

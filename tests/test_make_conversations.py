@@ -4,7 +4,6 @@ words, planning and splits, synthesis, imports of recorded pairs and code pair s
 import calendar
 import collections
 import datetime
-import importlib.util
 import json
 import pathlib
 import re
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import soundfile
+from conftest import load_tool
 
 from configs import codec as codec_configs
 from telugu_jax import checkpoints
@@ -28,18 +28,7 @@ from telugu_jax.models.codec import Codec
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOOL_PATH = ROOT / "tools" / "make_conversations.py"
-
-
-def _load_tool():
-  if "make_conversations" not in sys.modules:  # absl flags may be defined only once
-    spec = importlib.util.spec_from_file_location("make_conversations", TOOL_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_conversations"] = module
-    spec.loader.exec_module(module)
-  return sys.modules["make_conversations"]
-
-
-tool = _load_tool()
+tool = load_tool("make_conversations")
 
 
 @pytest.fixture(scope="module")

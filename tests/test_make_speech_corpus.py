@@ -2,28 +2,19 @@
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
-import pathlib
-import sys
 
 import numpy as np
 import pytest
+from conftest import load_tool
 
 from telugu_jax.data import audio, conversations, pipelines, records
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tool():
-  spec = importlib.util.spec_from_file_location("make_speech_corpus",
-                                                ROOT / "tools" / "make_speech_corpus.py")
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # its dataclasses look their module up
-  spec.loader.exec_module(module)
-  return module
+  return load_tool("make_speech_corpus")
 
 
 def _bytes(folder):

@@ -1,20 +1,10 @@
 """`tools/plot_learning_curves.py`: the curves read from `metrics.jsonl` and the figure."""
 
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
-from conftest import ROOT
-
-
-def _tool():
-  spec = importlib.util.spec_from_file_location(
-      "plot_learning_curves", os.path.join(ROOT, "tools", "plot_learning_curves.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from conftest import load_tool
 
 
 def _write(workdir, rows):
@@ -24,7 +14,7 @@ def _write(workdir, rows):
 
 
 def test_curves_are_the_rows_with_the_metric_in_minutes_since_the_first_row(tmp_path, capsys):
-  tool = _tool()
+  tool = load_tool("plot_learning_curves")
   _write(tmp_path / "a", [
       {"step": 10, "wall_time": 1000.0, "train/gen_loss": 3.0},
       {"step": 20, "wall_time": 1030.0, "train/gen_loss": 2.0},
@@ -47,7 +37,7 @@ def test_curves_are_the_rows_with_the_metric_in_minutes_since_the_first_row(tmp_
 
 
 def test_a_workdir_without_metrics_or_wall_times_is_a_clear_error(tmp_path, capsys):
-  tool = _tool()
+  tool = load_tool("plot_learning_curves")
   assert tool.main([f"--run=A={tmp_path}", f"--output={tmp_path / 'x.png'}"]) == 1
   assert "no metrics.jsonl" in capsys.readouterr().err
   _write(tmp_path / "old", [{"step": 1, "train/gen_loss": 1.0}])

@@ -1,7 +1,6 @@
 """The post-filters of `inference/postfilter.py`: the formant one against the response of the
 classic `A(z/g1) / A(z/g2)`, the pitch one against a comb filter's effect on harmonics and noise."""
 
-import importlib.util
 import pathlib
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import librosa
 import numpy as np
 import pytest
 import scipy.signal
+from conftest import load_tool
 
 from telugu_jax import respond
 from telugu_jax.inference.postfilter import StreamPostfilter
@@ -141,8 +141,8 @@ def test_the_tools_postfilter_flag_normalises_and_rejects_unknown_names(command,
   assert postfilter_flag("") == "" and postfilter_flag("formant,pitch") == "pitch,formant"
   main = {"respond": lambda: respond.main,
           "serve": lambda: serve_main.main,
-          "evaluate_codec": lambda: _tool("evaluate_codec").main,
-          "evaluate_conversations": lambda: _tool("evaluate_conversations").main}[command]()
+          "evaluate_codec": lambda: load_tool("evaluate_codec").main,
+          "evaluate_conversations": lambda: load_tool("evaluate_conversations").main}[command]()
   required = {"respond": ["/nonexistent.wav", "/nonexistent/out.wav", "--codec=/nonexistent",
                           "--s2s=/nonexistent"],
               "serve": ["--codec=/nonexistent", "--s2s=/nonexistent"],
@@ -161,11 +161,11 @@ def test_the_command_lines_parse_without_importing_jax():
   code = (
       "import contextlib, io, sys\n"
       "sys.path.insert(0, 'tests')\n"
-      "from test_postfilter import _tool\n"
+      "from conftest import load_tool\n"
       "from telugu_jax import respond\n"
       "from telugu_jax.serve import __main__ as serve_main\n"
-      "for main in (respond.main, serve_main.main, _tool('evaluate_codec').main,\n"
-      "             _tool('evaluate_conversations').main):\n"
+      "for main in (respond.main, serve_main.main, load_tool('evaluate_codec').main,\n"
+      "             load_tool('evaluate_conversations').main):\n"
       "  with contextlib.redirect_stdout(io.StringIO()):\n"
       "    try:\n"
       "      main(['--help'])\n"
@@ -177,14 +177,6 @@ def test_the_command_lines_parse_without_importing_jax():
   assert run.returncode == 0, run.stderr
   assert run.stdout.strip() == "[]", run.stdout
 
-
-def _tool(name):
-  spec = importlib.util.spec_from_file_location(
-      f"_{name}", pathlib.Path(__file__).resolve().parents[1] / "tools" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # its dataclasses look their module up
-  spec.loader.exec_module(module)
-  return module
 
 
 @pytest.mark.parametrize("names", ["formant", "pitch", "pitch,formant"])

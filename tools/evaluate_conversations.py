@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
               audio.pcm16_to_float(pair.question_pcm), pair.speaker_id, pair.emotion_id,
               max_seconds=args.max_seconds, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, seed=args.seed, beam_size=args.beam_size,
-              postfilter=",".join(postfilters))
+              postfilter=args.postfilter)
         except ValueError as e:  # QuestionError, or a speaker or emotion the model lacks
           skipped.append(f"{pair.split} {pair.key}: {e}")
           continue
